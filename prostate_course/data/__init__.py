@@ -1,0 +1,1 @@
+"""Data: synthetic cohort, PI-CAI readers, prepare, splits and datasets."""

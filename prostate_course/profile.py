@@ -1,0 +1,102 @@
+"""Named run profiles: one YAML per profile, shipped in ``prostate_course/profiles/``.
+
+Keys (DESIGN.md "Profiles" and "Contracts"): ``name``, ``description``, ``device``,
+``timeout_s`` (per notebook), ``data`` {source, n_cases, seed, spacing (z, y, x mm), crop
+(z, y, x voxels)}, ``label_fractions``, ``seeds`` and ``notebooks`` {"00": {...}, "01": {...}}
+with each notebook's own settings (epochs, batch_size, ...).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+REQUIRED_KEYS = ("name", "data", "label_fractions", "seeds", "notebooks")
+REQUIRED_DATA_KEYS = ("source", "n_cases", "seed", "spacing", "crop")
+
+
+class UnknownProfileError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return self.args[0]
+
+
+def available_profiles() -> list[str]:
+    files = resources.files("prostate_course.profiles")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+@dataclass
+class Profile:
+    """A loaded profile. ``profile.notebook("01")`` gives that notebook's settings."""
+
+    name: str
+    raw: dict = field(repr=False)
+
+    @property
+    def data(self) -> dict:
+        return self.raw["data"]
+
+    @property
+    def label_fractions(self) -> list[float]:
+        return list(self.raw["label_fractions"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.raw["seeds"])
+
+    @property
+    def device(self) -> str:
+        return self.raw.get("device", "auto")
+
+    @property
+    def timeout_s(self) -> int:
+        return int(self.raw.get("timeout_s", 1800))
+
+    def notebook(self, number: str) -> dict:
+        """Settings of notebook ``number`` ("01" or "01_transfer_learning"), {} if none."""
+        return dict(self.raw.get("notebooks", {}).get(str(number)[:2], {}) or {})
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(self.raw)
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_profile(name: str, overrides: dict | None = None) -> Profile:
+    """Load profile ``name``; ``overrides`` maps dotted keys to values, e.g.
+    ``{"data.n_cases": 20, "notebooks.01.epochs": 1}``.
+
+    An unknown name raises :class:`UnknownProfileError` naming the available ones.
+    """
+    if isinstance(name, Profile):
+        return name
+    names = available_profiles()
+    if name not in names:
+        raise UnknownProfileError(
+            f"unknown profile {name!r}; available profiles: {', '.join(names)}"
+        )
+    text = resources.files("prostate_course.profiles").joinpath(f"{name}.yaml").read_text()
+    raw = yaml.safe_load(text)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    missing += [f"data.{k}" for k in REQUIRED_DATA_KEYS if k not in raw.get("data", {})]
+    if missing:
+        raise ValueError(f"profile {name!r} lacks keys: {', '.join(missing)}")
+    return Profile(name=raw["name"], raw=raw)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"data.n_cases=20"`` -> ``("data.n_cases", 20)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)

@@ -1,0 +1,1 @@
+"""Profile YAML files shipped as package data (see :mod:`prostate_course.profile`)."""

@@ -1,0 +1,139 @@
+"""Reproducibility: seeding, device choice, environment report, run manifest."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+CORE_PACKAGES = (
+    "prostate-course", "torch", "monai", "numpy", "pandas", "nibabel", "SimpleITK",
+    "scikit-learn", "matplotlib", "picai_eval", "papermill", "nbval",
+)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> int:
+    """Seed python, numpy and torch (CPU and all GPUs); on CPU ask torch for deterministic
+    algorithms so the same seed gives the same numbers. DataLoader workers are seeded by
+    :func:`seed_worker` (pass it as ``worker_init_fn``). Returns the seed."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        # warn_only: a few CUDA kernels have no deterministic version; CPU ones all do.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoader: derive numpy/random seeds from torch's per-worker seed."""
+    import torch
+
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def torch_generator(seed: int):
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def get_device(preference: str = "auto"):
+    """The training device: ``auto`` picks CUDA, then Apple MPS, then CPU. Notebooks never
+    hard-code ``cuda``; they call this."""
+    import torch
+
+    if preference not in ("auto", None):
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def package_versions(names=CORE_PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def platform_kind() -> str:
+    """'colab', 'binder', 'ci' or 'local'."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.environ.get("BINDER_SERVICE_HOST") or os.environ.get("BINDER_REQUEST"):
+        return "binder"
+    if os.environ.get("CI"):
+        return "ci"
+    return "local"
+
+
+def environment_report() -> dict:
+    """Versions, CPU/GPU, RAM and where we run (Colab, Binder, CI or local)."""
+    import psutil
+    import torch
+
+    report = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "where": platform_kind(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "device": str(get_device()),
+        "gpu": None,
+        "versions": package_versions(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    return report
+
+
+def format_environment_report(report: dict | None = None) -> str:
+    report = report or environment_report()
+    lines = [
+        f"python {report['python']} on {report['platform']} ({report['where']})",
+        f"CPU cores: {report['cpu_count']} (torch threads {report['torch_threads']}), RAM {report['ram_gb']} GiB",
+        f"device: {report['device']}" + (f" - {report['gpu']}" if report["gpu"] else ""),
+        "packages: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def run_manifest(what: str, config: dict, seed: int | None = None, metrics: dict | None = None,
+                 files: list[str | Path] | None = None) -> dict:
+    """A small manifest for an artifact: what it is, the config and seed that made it, its
+    metrics, the sha256 of its files, versions and time."""
+    from .io_utils import sha256_file
+
+    return {
+        "what": what,
+        "config": config,
+        "seed": seed,
+        "metrics": metrics or {},
+        "files": {Path(f).name: sha256_file(f) for f in files or []},
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,147 @@
+"""Command line: ``prostate-course {run, env, synth, prepare, report, student-edition}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _auto_profile() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_run(args) -> int:
+    from .profile import UnknownProfileError, load_profile, parse_override
+    from .runner import NotebookFailed, run_course
+
+    name = _auto_profile() if args.profile == "auto" else args.profile
+    overrides = dict(parse_override(s) for s in args.set or [])
+    try:
+        profile = load_profile(name, overrides)
+    except UnknownProfileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        run_course(profile, only=args.only, overrides=overrides or None,
+                   notebooks=Path(args.notebooks) if args.notebooks else None,
+                   ensure_data=not args.no_data)
+    except NotebookFailed as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_env(args) -> int:
+    from .repro import format_environment_report
+
+    print(format_environment_report())
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .data.synthetic import generate_cohort
+
+    out = generate_cohort(args.out, n_cases=args.cases, seed=args.seed, workers=args.workers)
+    print(f"synthetic cohort of {args.cases} cases (seed {args.seed}) in {out}")
+    return 0
+
+
+def _triple(text: str) -> tuple:
+    parts = [p for p in text.replace("x", ",").split(",") if p]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected one or three numbers (z,y,x), got {text!r}")
+    return tuple(float(p) for p in parts)
+
+
+def cmd_prepare(args) -> int:
+    from .data.prepare import prepare_dataset
+
+    report = prepare_dataset(args.raw, args.labels, args.out, spacing=args.spacing,
+                             crop=tuple(int(v) for v in args.size), workers=args.workers,
+                             strict=args.strict, seed=args.seed, max_cases=args.max_cases)
+    print(report)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .runner import write_report
+
+    print(write_report(args.profile))
+    return 0
+
+
+def cmd_student_edition(args) -> int:
+    from .editions import write_student_edition
+    from .paths import notebooks_dir
+
+    source = Path(args.notebooks) if args.notebooks else notebooks_dir()
+    counts = write_student_edition(source, args.out)
+    for name, n in counts.items():
+        print(f"{name}: {n} solution cell(s) replaced by stubs")
+    print(f"student edition in {Path(args.out).resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .profile import available_profiles
+
+    p = argparse.ArgumentParser(prog="prostate-course", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="execute the course notebooks with papermill for a profile")
+    r.add_argument("--profile", default="smoke",
+                   help=f"one of {', '.join(available_profiles())}, or auto (gpu if CUDA else cpu)")
+    r.add_argument("--only", nargs="+", metavar="NN", help="only these notebooks, e.g. --only 00 01")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a profile key, e.g. --set data.n_cases=20 (repeatable)")
+    r.add_argument("--notebooks", help="folder of notebooks (default: the course's notebooks/)")
+    r.add_argument("--no-data", action="store_true", help="do not prepare the dataset first")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("env", help="print the environment report")
+    e.set_defaults(func=cmd_env)
+
+    s = sub.add_parser("synth", help="write a synthetic cohort in the raw PI-CAI layout")
+    s.add_argument("--cases", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="folder that receives images/ and labels/")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=cmd_synth)
+
+    pr = sub.add_parser("prepare", help="raw layout (synthetic or PI-CAI) -> prepared dataset")
+    pr.add_argument("--raw", required=True, help="the images/ folder (<pid>/<pid>_<sid>_<seq>.mha)")
+    pr.add_argument("--labels", required=True, help="a picai_labels folder")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--spacing", type=_triple, default=(3.0, 1.0, 1.0), help="mm, z,y,x (default 3,1,1)")
+    pr.add_argument("--size", type=_triple, default=(16, 64, 64), help="crop in voxels, z,y,x (default 16,64,64)")
+    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--seed", type=int, default=0, help="seed of the splits")
+    pr.add_argument("--max-cases", type=int, default=None)
+    pr.add_argument("--strict", action="store_true", help="stop at the first bad case")
+    pr.set_defaults(func=cmd_prepare)
+
+    rep = sub.add_parser("report", help="(re)write runs/<profile>/report.md from the results files")
+    rep.add_argument("--profile", required=True)
+    rep.set_defaults(func=cmd_report)
+
+    st = sub.add_parser("student-edition", help="copies of the notebooks with solutions stubbed")
+    st.add_argument("--out", default="student_edition")
+    st.add_argument("--notebooks", help="source folder (default: the course's notebooks/)")
+    st.set_defaults(func=cmd_student_edition)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

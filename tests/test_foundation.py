@@ -1,0 +1,112 @@
+"""Profiles, paths, results schema, seeding, student edition."""
+import json
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from prostate_course import paths
+from prostate_course.editions import STUB, student_notebook, stub_solution
+from prostate_course.io_utils import atomic_path, config_hash
+from prostate_course.profile import available_profiles, load_profile, parse_override
+from prostate_course.repro import get_device, seed_everything
+from prostate_course.results import Results, load_results, validate_results
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu", "full"])
+def test_profiles_have_the_contract_keys(name):
+    p = load_profile(name)
+    assert p.name == name
+    assert set(p.data) >= {"source", "n_cases", "seed", "spacing", "crop"}
+    assert len(p.data["spacing"]) == 3 and len(p.data["crop"]) == 3
+    assert p.label_fractions == sorted(p.label_fractions) and p.label_fractions[-1] == 1.0
+    assert p.seeds and p.device == "auto"
+
+
+def test_profile_sizes_follow_the_design():
+    smoke, cpu, gpu, full = (load_profile(n) for n in ("smoke", "cpu", "gpu", "full"))
+    assert smoke.data["n_cases"] == 40 and smoke.label_fractions == [0.25, 0.5, 1.0] and len(smoke.seeds) == 1
+    assert cpu.data["n_cases"] == 200 and cpu.label_fractions == [0.05, 0.1, 0.25, 1.0] and len(cpu.seeds) == 2
+    assert gpu.data["crop"][1:] == [128, 128] and len(gpu.seeds) == 3
+    assert full.data["source"] == "picai" and len(full.seeds) == 5
+    assert available_profiles() == ["cpu", "full", "gpu", "smoke"]
+
+
+def test_overrides_are_dotted_and_typed():
+    p = load_profile("smoke", dict([parse_override("data.n_cases=12"), parse_override("notebooks.01.epochs=1")]))
+    assert p.data["n_cases"] == 12 and p.notebook("01_transfer_learning")["epochs"] == 1
+    assert load_profile("smoke").data["n_cases"] == 40  # the shipped file is untouched
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_override("oops")
+
+
+def test_paths_are_absolute_and_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROSTATE_COURSE_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("PROSTATE_COURSE_RUNS", "relative/runs")
+    assert paths.data_root() == tmp_path / "d"
+    assert paths.run_root("cpu").is_absolute() and paths.run_root("cpu").name == "cpu"
+    monkeypatch.delenv("PROSTATE_COURSE_DATA")
+    assert paths.data_root() == paths.repo_root() / "data"
+
+
+def test_results_roundtrip_and_validation(tmp_path):
+    r = Results("01_transfer_learning.ipynb", "smoke", seeds=[0], device="cpu")
+    r.add_row(task="classification", method="scratch", label_fraction=0.25, seed=0,
+              auroc_patient=np.float32(0.75), auroc_slice=float("nan"))
+    r.unavailable("imagenet", "offline")
+    path = r.save(tmp_path)
+    assert path.name == "01_transfer_learning.json"
+    loaded = load_results(tmp_path)["01_transfer_learning"]
+    assert loaded["rows"][0]["auroc_patient"] == pytest.approx(0.75)
+    assert loaded["rows"][0]["auroc_slice"] is None
+    assert loaded["peak_rss_mb"] > 0 and loaded["versions"]["torch"]
+    with pytest.raises(ValueError, match="task"):
+        r.add_row(task="segmentation", method="x", label_fraction=1, seed=0)
+    bad = dict(loaded, rows=[{"task": "classification", "method": "x"}])
+    with pytest.raises(ValueError, match="row 0 lacks"):
+        validate_results(bad, "bad.json")
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_hash_is_stable_and_order_free():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_same_seed_same_numbers_on_cpu():
+    seed_everything(3)
+    a = torch.nn.Linear(4, 2)(torch.randn(5, 4)).sum().item(), np.random.rand()
+    seed_everything(3)
+    b = torch.nn.Linear(4, 2)(torch.randn(5, 4)).sum().item(), np.random.rand()
+    assert a == b
+    assert get_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_student_edition_stubs_solutions():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        new_markdown_cell("Exercise"),
+        new_code_cell("answer = 42", metadata={"tags": ["solution"]}),
+        new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                      metadata={"tags": ["solution"]}),
+        new_code_cell("assert answer == 42"),
+    ]
+    student, n = student_notebook(nb)
+    assert n == 2
+    assert "answer = 42" not in student.cells[1].source and STUB in student.cells[1].source
+    assert student.cells[2].source.startswith("def f(x):\n    # YOUR CODE HERE")
+    assert "return 2 * x" not in student.cells[2].source
+    assert student.cells[3].source == "assert answer == 42"
+    assert nb.cells[1].source == "answer = 42"  # the instructor copy is untouched
+    with pytest.raises(ValueError, match="without"):
+        stub_solution("### BEGIN SOLUTION\nx = 1")

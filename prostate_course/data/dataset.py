@@ -1,0 +1,318 @@
+"""The prepared dataset as the notebooks see it: table, tensor cache, 2D slices, 3D volumes.
+
+``ensure_dataset(profile)`` makes (synthesise + prepare) or finds the profile's prepared dataset,
+keyed by its parameters, so the runner and every notebook share one copy::
+
+    ds = ensure_dataset("smoke")
+    slices = ds.slices(split="train")            # SliceSet of (N, 3, H, W) float32 slices
+    slices.subset(label_budget(ds.table, 0.1))   # the 10 % label budget
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io_utils import config_hash, sha256_file
+from ..paths import data_root
+from .prepare import prepare_dataset, prepare_params
+
+_STR_COLS = {"case_id": str, "patient_id": str, "study_id": str, "pirads_reports": str,
+             "lesion_PIRADS": str, "lesion_GS": str, "lesion_ISUP": str, "warnings": str}
+
+
+def read_cases_table(path) -> pd.DataFrame:
+    """Read ``cases.csv`` with ids and report strings kept as text ("" when empty)."""
+    t = pd.read_csv(path, dtype=_STR_COLS, keep_default_na=True)
+    for c in _STR_COLS:
+        if c in t.columns:
+            t[c] = t[c].fillna("").astype(object)
+    if "pirads_majority" in t.columns:
+        t["pirads_majority"] = t["pirads_majority"].astype("Int64")
+    return t
+
+
+def _select(table: pd.DataFrame, split, case_ids) -> list[str]:
+    t = table
+    if split not in (None, "all"):
+        splits = [split] if isinstance(split, str) else list(split)
+        unknown = set(splits) - {"train", "val", "test"}
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, val, test or all")
+        t = t[t["split"].isin(splits)]
+    if case_ids is not None:
+        wanted = set(case_ids)
+        missing = wanted - set(table["case_id"])
+        if missing:
+            raise KeyError(f"case ids not in the dataset: {sorted(missing)[:5]}")
+        t = t[t["case_id"].isin(wanted)]
+    return list(t["case_id"])
+
+
+@dataclass
+class SliceSet:
+    """2D axial slices of several cases, as tensors (index a batch with ``images[idx]``).
+
+    images (N, 3, H, W) float32 (T2W, ADC, HBV); slice_label (N,) int64: 1 if any lesion voxel
+    (csPCa) is in the slice; case_index (N,) int64 into ``case_ids``; case_label (n_cases,)
+    int64 = case_csPCa; patient_ids (n_cases,) list; slice_z (N,) int64 slice number in the crop.
+    """
+
+    images: torch.Tensor
+    slice_label: torch.Tensor
+    case_index: torch.Tensor
+    case_ids: list
+    case_label: torch.Tensor
+    patient_ids: list
+    slice_z: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, case_ids) -> "SliceSet":
+        """The slices of ``case_ids`` only (case order of this set kept; unknown ids raise)."""
+        wanted = set(case_ids)
+        missing = wanted - set(self.case_ids)
+        if missing:
+            raise KeyError(f"case ids not in this SliceSet: {sorted(missing)[:5]}")
+        keep = [i for i, c in enumerate(self.case_ids) if c in wanted]
+        remap = torch.full((len(self.case_ids),), -1, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        keep_t = torch.tensor(keep, dtype=torch.long, device=self.case_label.device)
+        sel = torch.isin(self.case_index, keep_t.to(self.case_index.device))
+        return SliceSet(
+            images=self.images[sel],
+            slice_label=self.slice_label[sel],
+            case_index=remap.to(self.case_index.device)[self.case_index[sel]],
+            case_ids=[self.case_ids[i] for i in keep],
+            case_label=self.case_label[keep_t],
+            patient_ids=[self.patient_ids[i] for i in keep],
+            slice_z=self.slice_z[sel],
+        )
+
+    def to(self, device) -> "SliceSet":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+@dataclass
+class VolumeSet:
+    """3D crops: images (N, 3, D, H, W) float32; lesions, gland, zones (N, D, H, W) uint8;
+    case_label (N,) int64 = case_csPCa; case_ids, patient_ids lists."""
+
+    images: torch.Tensor
+    lesions: torch.Tensor
+    gland: torch.Tensor
+    zones: torch.Tensor
+    case_label: torch.Tensor
+    case_ids: list
+    patient_ids: list
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, case_ids) -> "VolumeSet":
+        wanted = set(case_ids)
+        missing = wanted - set(self.case_ids)
+        if missing:
+            raise KeyError(f"case ids not in this VolumeSet: {sorted(missing)[:5]}")
+        keep = [i for i, c in enumerate(self.case_ids) if c in wanted]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.images.device)
+        return VolumeSet(self.images[idx], self.lesions[idx], self.gland[idx], self.zones[idx],
+                         self.case_label[idx], [self.case_ids[i] for i in keep],
+                         [self.patient_ids[i] for i in keep])
+
+    def to(self, device) -> "VolumeSet":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+class PreparedDataset:
+    """A prepared dataset folder (see docs/ARCHITECTURE.md "Prepared dataset")."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        for f in ("cases.csv", "cache.pt", "manifest.json"):
+            if not (self.root / f).is_file():
+                raise FileNotFoundError(
+                    f"{self.root} is not a finished prepared dataset ({f} missing); "
+                    "run ensure_dataset(profile) or `prostate-course prepare`"
+                )
+        self.table = read_cases_table(self.root / "cases.csv")
+        self.manifest = json.loads((self.root / "manifest.json").read_text())
+        self._cache = None
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.root)!r}, {len(self.table)} cases)"
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def cache(self) -> dict:
+        """The tensor cache (loaded once with ``weights_only=True``, then kept)."""
+        if self._cache is None:
+            c = torch.load(self.root / "cache.pt", map_location="cpu", weights_only=True)
+            if list(c["case_ids"]) != list(self.table["case_id"]):
+                raise ValueError(f"{self.root}: cache.pt and cases.csv list different cases; re-run prepare")
+            c["index"] = {cid: i for i, cid in enumerate(c["case_ids"])}
+            self._cache = c
+        return self._cache
+
+    def load_case(self, case_id: str) -> dict:
+        """NIfTI arrays of one case: image (x, y, z, 3) float32, gland/zones/lesions (x, y, z) uint8, affine."""
+        import nibabel as nib
+
+        d = self.root / "cases" / case_id
+        if not d.is_dir():
+            raise KeyError(f"case {case_id!r} not in {self.root}")
+        img = nib.load(str(d / "image.nii.gz"))
+        out = {"image": np.asarray(img.dataobj, dtype=np.float32), "affine": img.affine.copy()}
+        for k in ("gland", "zones", "lesions"):
+            out[k] = np.asarray(nib.load(str(d / f"{k}.nii.gz")).dataobj, dtype=np.uint8)
+        return out
+
+    def _rows(self, split, case_ids):
+        ids = _select(self.table, split, case_ids)
+        c = self.cache()
+        idx = torch.tensor([c["index"][i] for i in ids], dtype=torch.long)
+        t = self.table.set_index("case_id").loc[ids]
+        return ids, idx, t
+
+    def slices(self, split="train", case_ids=None, gland_only: bool = True) -> SliceSet:
+        """Axial slices of the selected cases. ``gland_only`` keeps slices with gland voxels
+        (all slices of a case without a gland mask)."""
+        ids, idx, t = self._rows(split, case_ids)
+        c = self.cache()
+        imgs, les, gl = c["images"][idx], c["lesions"][idx], c["gland"][idx]
+        n, _, d, h, w = imgs.shape
+        keep = torch.ones(n, d, dtype=torch.bool)
+        if gland_only:
+            has = (gl.flatten(2) > 0).any(-1)  # (n, d) bool
+            no_gland = ~has.any(-1)
+            keep = has | no_gland[:, None]
+        ci, zi = keep.nonzero(as_tuple=True)
+        return SliceSet(
+            images=imgs[ci, :, zi].float(),
+            slice_label=(les[ci, zi].flatten(1) > 0).any(-1).long(),
+            case_index=ci.long(),
+            case_ids=ids,
+            case_label=torch.tensor(t["case_csPCa"].to_numpy(dtype=np.int64)),
+            patient_ids=list(t["patient_id"]),
+            slice_z=zi.long(),
+        )
+
+    def volumes(self, split="train", case_ids=None) -> VolumeSet:
+        """3D crops of the selected cases."""
+        ids, idx, t = self._rows(split, case_ids)
+        c = self.cache()
+        return VolumeSet(c["images"][idx].float(), c["lesions"][idx], c["gland"][idx], c["zones"][idx],
+                         torch.tensor(t["case_csPCa"].to_numpy(dtype=np.int64)), ids, list(t["patient_id"]))
+
+
+# ----------------------------------------------------------------------------- ensure_*
+def _profile(profile):
+    from ..profile import Profile, load_profile
+
+    return profile if isinstance(profile, Profile) else load_profile(profile)
+
+
+def _synth_name(data: dict) -> str:
+    name = f"synthetic-n{int(data['n_cases'])}-s{int(data['seed'])}"
+    synth = data.get("synth") or {}
+    return f"{name}-{config_hash(synth)}" if synth else name
+
+
+def ensure_raw(profile) -> Path:
+    """The raw dataset of ``profile``: generated on first use for synthetic data.
+
+    synthetic: ``data_root()/raw/synthetic-n<N>-s<seed>[-<hash of data.synth>]`` made by
+    ``generate_cohort`` (into a temporary folder renamed at the end, so a raw folder exists only
+    when complete). picai: ``data_root()/raw/picai`` must exist (run data_download/picai.py).
+    """
+    p = _profile(profile)
+    data = p.data
+    src = data["source"]
+    raw_root = data_root() / "raw"
+    if src == "synthetic":
+        target = raw_root / _synth_name(data)
+        if (target / "labels" / "clinical_information" / "marksheet.csv").is_file() and (target / "images").is_dir():
+            return target
+        from .synthetic import generate_cohort
+
+        raw_root.mkdir(parents=True, exist_ok=True)
+        for old in raw_root.glob(f".{target.name}.tmp-*"):  # left by an interrupted run
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = raw_root / f".{target.name}.tmp-{uuid.uuid4().hex[:6]}"
+        try:
+            generate_cohort(tmp, int(data["n_cases"]), seed=int(data["seed"]), **(data.get("synth") or {}))
+            if target.exists():  # made meanwhile by another process
+                shutil.rmtree(tmp)
+            else:
+                tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+    if src == "picai":
+        target = raw_root / "picai"
+        need = [target / "images", target / "labels" / "clinical_information" / "marksheet.csv"]
+        if not all(x.exists() for x in need):
+            raise FileNotFoundError(
+                f"PI-CAI data not found in {target} (need images/ and labels/clinical_information/"
+                "marksheet.csv). Download it first: python data_download/picai.py --folds 0 "
+                f"(then set PROSTATE_COURSE_DATA if you keep data elsewhere than {data_root()})."
+            )
+        return target
+    raise ValueError(f"profile {p.name!r}: unknown data.source {src!r} (synthetic or picai)")
+
+
+def dataset_key(profile) -> tuple[str, dict]:
+    """The prepared folder name ``<source>-<config_hash>`` and the parameters it hashes."""
+    p = _profile(profile)
+    data = p.data
+    raw = ensure_raw(p)
+    if data["source"] == "synthetic":
+        raw_id = {"name": raw.name}
+    else:  # real data: identify it by its marksheet and the image folders present
+        raw_id = {"name": raw.name, "marksheet": sha256_file(raw / "labels" / "clinical_information" / "marksheet.csv"),
+                  "n_patients": sum(1 for _ in (raw / "images").glob("*/"))}
+    n = data.get("n_cases")
+    params = {"raw": raw_id, "prepare": prepare_params(data["spacing"], data["crop"], data.get("seed", 0),
+                                                       None if data["source"] == "synthetic" else n)}
+    return f"{data['source']}-{config_hash(params)}", params
+
+
+def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
+    """Make (synthesise + prepare) or find the prepared dataset of ``profile`` (name or Profile).
+
+    Reused when ``data_root()/prepared/<key>/manifest.json`` records the same parameters.
+    """
+    p = _profile(profile)
+    key, params = dataset_key(p)
+    out = data_root() / "prepared" / key
+    mf = out / "manifest.json"
+    if mf.is_file():
+        try:
+            if json.loads(mf.read_text()).get("key_params") == json.loads(json.dumps(params)):
+                return PreparedDataset(out)
+        except (json.JSONDecodeError, FileNotFoundError):
+            pass
+    raw = ensure_raw(p)
+    data = p.data
+    prepare_dataset(
+        raw / "images", raw / "labels", out,
+        spacing=data["spacing"], crop=data["crop"], seed=data.get("seed", 0),
+        max_cases=params["prepare"]["max_cases"], workers=workers, progress=progress,
+        extra_manifest={"key": key, "key_params": params, "profile": p.name},
+    )
+    return PreparedDataset(out)
+
+
+__all__ = ["PreparedDataset", "SliceSet", "VolumeSet", "ensure_raw", "ensure_dataset",
+           "dataset_key", "read_cases_table"]

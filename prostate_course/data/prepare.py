@@ -1,0 +1,490 @@
+"""``prepare``: raw PI-CAI layout (real or synthetic) -> the prepared course dataset.
+
+Per case (:func:`prepare_case`):
+
+1. read T2W, ADC and HBV (.mha) with SimpleITK and the picai_labels masks with nibabel; the
+   masks must lie on the T2W grid (as in picai_labels), else the case is bad;
+2. centre: the centre of the gland's bounding box (whole_gland/AI/Guerbet23, else Bosma22b);
+   without a gland mask, the centre of the T2W volume (recorded as ``gland_source = "none"``);
+3. one output grid: the T2W orientation, the target ``spacing`` and the fixed ``crop`` size,
+   centred there; ADC/HBV and T2W are resampled straight onto it (linear; masks nearest). This
+   is "ADC/HBV onto the T2W grid, then to the target spacing" done as ONE interpolation per
+   image (composing two resamplings would blur twice); regions outside an image's field of view
+   are padded and then set to 0 after normalisation. As in picai_prep, no anti-aliasing filter
+   is applied before down-sampling;
+4. per-sequence z-score after clipping to the 0.5/99.5 percentiles (picai_prep / the PI-CAI
+   U-Net baseline), with statistics over the whole crop (only voxels inside that sequence's
+   field of view): simple, and defined even for cases without a gland mask;
+5. save ``cases/<case_id>/{image,gland,zones,lesions}.nii.gz`` + ``meta.json``, written into a
+   hidden temporary folder renamed into place at the end, so a case folder is complete by
+   construction.
+
+Then :func:`prepare_dataset` writes ``cases.csv`` (metadata, splits, PI-RADS consensus),
+``cache.pt`` (float16 images + uint8 masks, DESIGN.md "Data on the device"), ``bad_cases.csv``
+and, last, ``manifest.json``. Rerunning skips finished cases (resumable, idempotent); leftover
+temporary folders from a crash or Ctrl-C are removed first.
+
+Reference: Saha et al., PI-CAI, Lancet Oncology 2024; picai_prep (DIAGNijmegen) preprocessing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from ..io_utils import atomic_path, sha256_file, write_json_atomic
+from . import readers
+from .readers import DataReadError, SEQUENCES
+
+PREPARE_VERSION = 1
+CASE_FILES = ("image.nii.gz", "gland.nii.gz", "zones.nii.gz", "lesions.nii.gz", "meta.json")
+TMP_PREFIX = ".tmp-"
+#: below this share of the crop inside the ADC/HBV field of view, the sequences do not overlap T2W
+MIN_FOV_OVERLAP = 0.25
+
+
+class CaseError(Exception):
+    """A bad case: names the case, the file and the reason."""
+
+    def __init__(self, case_id: str, file, reason: str):
+        self.case_id, self.file, self.reason = case_id, str(file), reason
+        super().__init__(f"case {case_id}: {file}: {reason}")
+
+    def __reduce__(self):  # picklable across processes
+        return (CaseError, (self.case_id, self.file, self.reason))
+
+
+class PrepareError(RuntimeError):
+    """Raised by ``prepare_dataset(strict=True)`` at the first bad case."""
+
+
+@dataclass
+class PrepareReport:
+    out: Path
+    n_cases: int  # prepared cases in the dataset
+    n_new: int  # prepared by this call
+    n_reused: int  # found finished from an earlier (possibly interrupted) call
+    bad: pd.DataFrame  # case_id, file, reason
+    seconds: float
+    warnings: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"prepared {self.n_cases} cases in {self.out} ({self.n_new} new, {self.n_reused} reused, "
+            f"{len(self.bad)} bad) in {self.seconds:.1f} s"
+        )
+
+
+# ------------------------------------------------------------------------------- geometry
+def gland_centre(gland: sitk.Image) -> tuple[float, float, float] | None:
+    """Physical (LPS, mm) centre of the gland mask's bounding box, or None if the mask is empty."""
+    arr = sitk.GetArrayViewFromImage(gland)
+    nz = [np.flatnonzero(arr.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(n) == 0 for n in nz):
+        return None
+    centre_zyx = [(n[0] + n[-1]) / 2.0 for n in nz]
+    return gland.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre_zyx[::-1]])
+
+
+def volume_centre(img: sitk.Image) -> tuple[float, float, float]:
+    return img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in img.GetSize()])
+
+
+def crop_grid(reference: sitk.Image, centre, spacing_zyx, crop_zyx) -> sitk.Image:
+    """An empty float32 image: ``reference``'s orientation, ``spacing`` and ``crop`` (both (z, y, x)),
+    whose centre is the physical point ``centre``."""
+    sp = np.array(spacing_zyx, dtype=float)[::-1]
+    size = np.array(crop_zyx, dtype=int)[::-1]
+    d = np.array(reference.GetDirection(), dtype=float).reshape(3, 3)
+    origin = np.asarray(centre, dtype=float) - d @ (sp * (size - 1) / 2.0)
+    grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    grid.SetSpacing([float(s) for s in sp])
+    grid.SetDirection(reference.GetDirection())
+    grid.SetOrigin([float(o) for o in origin])
+    return grid
+
+
+def _resample(img: sitk.Image, grid: sitk.Image, interp, default: float, pixel) -> np.ndarray:
+    out = sitk.Resample(img, grid, sitk.Transform(), interp, default, pixel)
+    return sitk.GetArrayFromImage(out)  # (z, y, x)
+
+
+def zscore_clip(arr: np.ndarray, valid: np.ndarray, lo_q: float = 0.5, hi_q: float = 99.5) -> np.ndarray:
+    """Clip to the [lo_q, hi_q] percentiles, then z-score, statistics over ``valid`` voxels.
+
+    x' = (clip(x, q_lo, q_hi) - mean) / std  (picai_prep / PI-CAI baseline); 0 outside ``valid``.
+    """
+    out = np.zeros(arr.shape, dtype=np.float32)
+    v = arr[valid]
+    if v.size == 0:
+        return out
+    lo, hi = np.percentile(v, [lo_q, hi_q])
+    c = np.clip(v, lo, hi)
+    sd = float(c.std())
+    out[valid] = (c - float(c.mean())) / (sd if sd > 1e-6 else 1.0)
+    return out
+
+
+def _nifti(arr_zyx: np.ndarray, grid: sitk.Image, path: Path, channels_last: np.ndarray | None = None):
+    import nibabel as nib
+
+    aff = readers.sitk_affine_ras(grid)
+    data = channels_last if channels_last is not None else arr_zyx.transpose(2, 1, 0)
+    img = nib.Nifti1Image(np.ascontiguousarray(data), aff)
+    img.set_sform(aff, code=1)
+    img.set_qform(aff, code=1)
+    nib.save(img, str(path))
+
+
+# ---------------------------------------------------------------------------------- a case
+def prepare_case(
+    case_id: str,
+    images_root: str | os.PathLike,
+    labels_root: str | os.PathLike,
+    cases_dir: str | os.PathLike,
+    *,
+    spacing=(3.0, 1.0, 1.0),
+    crop=(16, 64, 64),
+    case_csPCa: int | None = None,
+) -> dict:
+    """Prepare one case into ``cases_dir/<case_id>/``; returns its meta dict.
+
+    Raises :class:`CaseError` (case, file, reason) for a bad case; nothing is left behind then.
+    """
+    cases_dir = Path(cases_dir)
+    final = cases_dir / case_id
+    tmp = cases_dir / f"{TMP_PREFIX}{case_id}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        meta, arrays, grid = _process(case_id, Path(images_root), Path(labels_root), spacing, crop, case_csPCa)
+        tmp.mkdir(parents=True)
+        _nifti(None, grid, tmp / "image.nii.gz", channels_last=np.stack(arrays["image"], axis=-1).transpose(2, 1, 0, 3))
+        for name in ("gland", "zones", "lesions"):
+            _nifti(arrays[name], grid, tmp / f"{name}.nii.gz")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if final.exists():  # finished meanwhile by another run: keep that one
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
+        return meta
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _process(case_id, images_root, labels_root, spacing, crop, case_csPCa):
+    warn = []
+    paths = readers.image_paths(images_root, case_id)
+    imgs = {}
+    for s, p in paths.items():
+        if not p.is_file():
+            raise CaseError(case_id, p, f"missing sequence {s.upper()}")
+    for s, p in paths.items():
+        try:
+            imgs[s] = readers.read_sitk(p, sitk.sitkFloat32)
+        except DataReadError as e:
+            raise CaseError(case_id, p, e.reason) from None
+        if not np.isfinite(sitk.GetArrayViewFromImage(imgs[s])).all():
+            raise CaseError(case_id, p, "image contains NaN or infinite values")
+    t2w = imgs["t2w"]
+    lab = readers.find_labels(labels_root, case_id)
+
+    def mask(path, what):
+        try:
+            m = readers.read_mask(path)
+        except DataReadError as e:
+            raise CaseError(case_id, path, e.reason) from None
+        why = readers.geometry_mismatch(m, t2w)
+        if why:
+            raise CaseError(case_id, path, f"{what} mask geometry does not match T2W: {why}")
+        return m
+
+    gland = mask(lab.gland, "gland") if lab.gland else None
+    lesion = mask(lab.lesion, "lesion") if lab.lesion else None
+    zones = mask(lab.zones, "zonal") if lab.zones else None
+    if gland is not None:
+        centre = gland_centre(gland)
+        if centre is None:
+            raise CaseError(case_id, lab.gland, "empty gland mask")
+    else:
+        centre = volume_centre(t2w)
+        warn.append("no gland mask: centre crop")
+    if lesion is not None:
+        lv = sitk.GetArrayViewFromImage(lesion)
+        if lv.max() > 5:
+            raise CaseError(case_id, lab.lesion, f"lesion mask values must be ISUP 0-5, max is {int(lv.max())}")
+        if lab.lesion_source == "Pooch25":  # binary masks: 1 = csPCa, grade unknown
+            lesion = sitk.Cast(lesion > 0, sitk.sitkUInt8)
+    elif case_csPCa:
+        warn.append("csPCa-positive case without a lesion mask")
+    if zones is not None and sitk.GetArrayViewFromImage(zones).max() > 2:
+        raise CaseError(case_id, lab.zones, "zonal mask values must be 0 (background), 1 (PZ), 2 (TZ)")
+
+    grid = crop_grid(t2w, centre, spacing, crop)
+    channels = []
+    for s in SEQUENCES:
+        a = _resample(imgs[s], grid, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+        valid = np.isfinite(a)
+        if s != "t2w" and valid.mean() < MIN_FOV_OVERLAP:
+            raise CaseError(case_id, paths[s], f"{s.upper()} covers only {valid.mean():.0%} of the crop: it does not overlap the T2W field of view")
+        channels.append(zscore_clip(np.nan_to_num(a), valid))
+    vox_ratio = float(np.prod(grid.GetSpacing()) / np.prod(t2w.GetSpacing()))
+    arrays = {"image": channels}
+    for name, m in (("gland", gland), ("zones", zones), ("lesions", lesion)):
+        arrays[name] = (
+            _resample(m, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            if m is not None else np.zeros(tuple(crop), np.uint8)
+        )
+    gland_in_crop = float("nan")
+    if gland is not None:
+        n_ref = float(np.count_nonzero(sitk.GetArrayViewFromImage(gland)))
+        gland_in_crop = float(np.count_nonzero(arrays["gland"]) * vox_ratio / n_ref)
+        if gland_in_crop < 0.95:
+            warn.append(f"crop holds {gland_in_crop:.0%} of the gland")
+    meta = dict(
+        case_id=case_id,
+        gland_source=lab.gland_source,
+        lesion_source=lab.lesion_source,
+        zones_source=lab.zones_source,
+        gland_in_crop=round(gland_in_crop, 4) if gland is not None else None,
+        lesion_voxels=int(np.count_nonzero(arrays["lesions"])),
+        lesion_max=int(arrays["lesions"].max()),
+        t2w_spacing=[round(v, 4) for v in t2w.GetSpacing()],
+        t2w_size=list(t2w.GetSize()),
+        adc_spacing=[round(v, 4) for v in imgs["adc"].GetSpacing()],
+        warnings="; ".join(warn),
+    )
+    return meta, arrays, grid
+
+
+def _case_job(args):
+    """Worker entry point: returns ("ok", case_id, meta) or ("bad", case_id, file, reason)."""
+    case_id, images_root, labels_root, cases_dir, spacing, crop, cs = args
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)  # one process per core already
+    try:
+        return ("ok", case_id, prepare_case(case_id, images_root, labels_root, cases_dir,
+                                            spacing=spacing, crop=crop, case_csPCa=cs))
+    except CaseError as e:
+        return ("bad", case_id, e.file, e.reason)
+    except Exception as e:  # an unexpected failure is a bad case too, reported with its type
+        return ("bad", case_id, "", f"{type(e).__name__}: {e}")
+
+
+def is_finished(case_dir: Path) -> bool:
+    return all((case_dir / f).is_file() for f in CASE_FILES)
+
+
+def clean_temporaries(out: Path) -> int:
+    """Remove temporary folders/files left by an interrupted run. Returns how many."""
+    n = 0
+    for p in list((out / "cases").glob(f"{TMP_PREFIX}*")) + list(out.glob(".*.tmp")):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# -------------------------------------------------------------------------------- the cohort
+def prepare_params(spacing, crop, seed, max_cases) -> dict:
+    return dict(
+        version=PREPARE_VERSION,
+        spacing=[float(s) for s in spacing],
+        crop=[int(c) for c in crop],
+        seed=int(seed),
+        max_cases=None if max_cases is None else int(max_cases),
+        normalisation="zscore_clip_0.5_99.5_crop",
+        interpolation="linear_images_nearest_masks_single_step",
+    )
+
+
+def prepare_dataset(
+    raw_images: str | os.PathLike,
+    labels: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    spacing=(3.0, 1.0, 1.0),
+    crop=(16, 64, 64),
+    workers: int | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    max_cases: int | None = None,
+    extra_manifest: dict | None = None,
+) -> PrepareReport:
+    """Turn the raw layout into the prepared dataset in ``out`` (see module docstring).
+
+    ``spacing`` (mm) and ``crop`` (voxels) are (z, y, x). ``workers`` defaults to min(4, CPUs).
+    Bad cases are skipped and listed in ``bad_cases.csv``; ``strict=True`` raises
+    :class:`PrepareError` at the first one. ``max_cases`` keeps the first N cases (sorted ids).
+    """
+    t0 = time.perf_counter()
+    raw_images, labels, out = Path(raw_images), Path(labels), Path(out)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {spacing}")
+    if len(crop) != 3 or min(crop) < 1:
+        raise ValueError(f"crop must be 3 positive integers (z, y, x), got {crop}")
+    params = prepare_params(spacing, crop, seed, max_cases)
+    marksheet = readers.read_marksheet(labels / readers.MARKSHEET)
+    case_ids = readers.list_cases(raw_images)
+    if not case_ids:
+        raise DataReadError(raw_images, "no cases (expected images/<pid>/<pid>_<sid>_t2w.mha)")
+    if max_cases is not None:
+        case_ids = case_ids[: int(max_cases)]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cases").mkdir(exist_ok=True)
+    pfile = out / "params.json"
+    if pfile.is_file():
+        old = json.loads(pfile.read_text())
+        if old != params:
+            raise ValueError(
+                f"{out} holds a dataset prepared with other parameters ({old}); "
+                "use another output folder or delete this one"
+            )
+    else:
+        write_json_atomic(pfile, params)
+    clean_temporaries(out)
+
+    ms = marksheet.set_index("case_id")
+    bad: list[dict] = []
+    not_in_ms = [c for c in case_ids if c not in ms.index]
+    for c in not_in_ms:
+        bad.append(dict(case_id=c, file=str(labels / readers.MARKSHEET), reason="case not in the marksheet"))
+        if strict:
+            raise PrepareError(f"case {c}: {labels / readers.MARKSHEET}: case not in the marksheet")
+    case_ids = [c for c in case_ids if c in ms.index]
+    done = [c for c in case_ids if is_finished(out / "cases" / c)]
+    todo = [c for c in case_ids if c not in set(done)]
+    jobs = [(c, str(raw_images), str(labels), str(out / "cases"), tuple(spacing), tuple(crop),
+             int(ms.at[c, "case_csPCa"])) for c in todo]
+    n_workers = max(1, min(workers or min(4, os.cpu_count() or 1), len(jobs) or 1))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=not progress)
+
+    def handle(res):
+        bar.update(1)
+        if res[0] == "bad":
+            _, c, f, reason = res
+            bad.append(dict(case_id=c, file=f, reason=reason))
+            if strict:
+                raise PrepareError(f"case {c}: {f}: {reason}")
+
+    try:
+        if n_workers == 1:
+            for j in jobs:
+                handle(_case_job(j))
+        elif jobs:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork") if sys.platform.startswith("linux") else None
+            ex = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+            try:
+                pending = {ex.submit(_case_job, j) for j in jobs}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        handle(fut.result())
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
+        clean_temporaries(out)
+
+    prepared = [c for c in case_ids if is_finished(out / "cases" / c)]
+    if not prepared:
+        raise PrepareError(f"no case could be prepared from {raw_images}; see the reasons: {bad[:3]}")
+    table = _build_table(out, prepared, ms, seed)
+    with atomic_path(out / "cases.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    _write_cache(out, prepared)
+    bad_df = pd.DataFrame(bad, columns=["case_id", "file", "reason"])
+    with atomic_path(out / "bad_cases.csv") as tmp:
+        bad_df.to_csv(tmp, index=False)
+    warn = [f"{r.case_id}: {r.warnings}" for r in table.itertuples() if r.warnings]
+    manifest = dict(
+        params=params,
+        raw_images=str(raw_images),
+        labels=str(labels),
+        marksheet_sha256=sha256_file(labels / readers.MARKSHEET),
+        n_cases=len(prepared),
+        n_bad=len(bad_df),
+        n_positive=int(table["case_csPCa"].sum()),
+        split_counts={s: int(n) for s, n in table["split"].value_counts().items()},
+        splits="course",  # official picai_baseline folds: not wired yet (see splits.py)
+        warnings=warn,
+        versions=_versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra_manifest or {}),
+    )
+    write_json_atomic(out / "manifest.json", manifest)
+    return PrepareReport(out, len(prepared), len(prepared) - len(done), len(done), bad_df,
+                         time.perf_counter() - t0, warn)
+
+
+_TABLE_FIRST = [
+    "case_id", "patient_id", "study_id", "split", "fold", "patient_age", "psa", "psad",
+    "prostate_volume", "center", "case_ISUP", "case_csPCa", "pirads_reports", "n_reports",
+    "pirads_max", "pirads_majority", "pirads_conf", "gland_source", "lesion_source",
+]
+
+
+def _build_table(out: Path, prepared: list[str], ms: pd.DataFrame, seed: int) -> pd.DataFrame:
+    from .splits import assign_splits
+
+    metas = [json.loads((out / "cases" / c / "meta.json").read_text()) for c in prepared]
+    t = ms.loc[prepared].reset_index()
+    m = pd.DataFrame(metas).drop(columns=["case_id"])
+    t = pd.concat([t.reset_index(drop=True), m], axis=1)
+    for col in ("lesion_PIRADS", "lesion_GS", "lesion_ISUP"):  # lists -> "5,N/A" as in the marksheet
+        t[col] = [",".join("N/A" if v is None else str(v) for v in lst) for lst in t[col]]
+    t = readers.add_pirads_consensus(t)
+    t = assign_splits(t, seed=seed)
+    for col in ("t2w_spacing", "t2w_size", "adc_spacing"):
+        t[col] = [" ".join(str(v) for v in x) for x in t[col]]
+    rest = [c for c in t.columns if c not in _TABLE_FIRST]
+    return t[_TABLE_FIRST + rest]
+
+
+def _write_cache(out: Path, prepared: list[str]) -> None:
+    """cache.pt: images float16 (N, 3, D, H, W); lesions/gland/zones uint8 (N, D, H, W); case_ids."""
+    import nibabel as nib
+    import torch
+
+    imgs, masks = [], {k: [] for k in ("lesions", "gland", "zones")}
+    for c in prepared:
+        d = out / "cases" / c
+        imgs.append(np.asarray(nib.load(str(d / "image.nii.gz")).dataobj, dtype=np.float32).transpose(3, 2, 1, 0))
+        for k in masks:
+            masks[k].append(np.asarray(nib.load(str(d / f"{k}.nii.gz")).dataobj, dtype=np.uint8).transpose(2, 1, 0))
+    cache = {"images": torch.from_numpy(np.stack(imgs)).to(torch.float16)}
+    for k, v in masks.items():
+        cache[k] = torch.from_numpy(np.stack(v))
+    cache["case_ids"] = list(prepared)
+    with atomic_path(out / "cache.pt") as tmp:
+        torch.save(cache, tmp)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for p in ("prostate-course", "numpy", "SimpleITK", "nibabel", "torch", "scikit-learn", "pandas"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+__all__ = ["prepare_dataset", "prepare_case", "PrepareReport", "PrepareError", "CaseError",
+           "crop_grid", "gland_centre", "zscore_clip", "clean_temporaries"]

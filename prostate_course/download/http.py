@@ -1,0 +1,307 @@
+"""Robust HTTP download with the standard library: resume, retries, checksums, honest errors.
+
+Why hand-written: the course may not add dependencies for this, and ``urllib.request`` has no
+resume or retry; ``monai.apps.download_url`` has neither resume nor Range support either.
+
+What :func:`download` guarantees:
+
+- the file appears under its final name only after its size and md5 were checked
+  (it is written to ``<name>.part`` and renamed);
+- an interrupted transfer resumes with an HTTP ``Range: bytes=<n>-`` request and appends to
+  the ``.part`` file; a server that ignores Range (answers 200) is detected and the transfer
+  restarts from zero;
+- connection errors, time-outs and 408/429/5xx answers are retried with exponential back-off
+  (``backoff * 2**attempt`` seconds, the attempt counter reset whenever bytes arrived);
+- a checksum mismatch removes the file and raises :class:`ChecksumError`;
+- 404 and other client errors, and a host that cannot be reached, raise :class:`DownloadError`
+  with a message that says what happened and how to download the file by hand;
+- a file already downloaded and verified is not requested again (a small
+  ``<name>.verified.json`` sidecar records its size, mtime and md5 so it is not re-hashed).
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..io_utils import write_json_atomic
+
+USER_AGENT = "prostate-course-downloader/1.0 (+urllib)"
+#: HTTP statuses worth retrying (transient server or rate-limit errors).
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout,
+                   http.client.HTTPException)
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message says why and what to do."""
+
+
+class ChecksumError(DownloadError):
+    """The downloaded bytes do not match the expected checksum or size (file removed)."""
+
+
+class InsufficientSpaceError(DownloadError):
+    """Not enough free disk space for the download and its extraction."""
+
+
+class _Incomplete(Exception):
+    """The server closed the connection before sending everything it announced."""
+
+
+def human_size(n: float | None) -> str:
+    """``1536 -> '1.5 KiB'``; ``None -> 'unknown size'``."""
+    if n is None:
+        return "unknown size"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_disk_space(folder: str | os.PathLike, need_bytes: int, what: str = "the download") -> int:
+    """Raise :class:`InsufficientSpaceError` unless ``folder``'s disk has ``need_bytes`` free.
+
+    ``folder`` need not exist yet (its nearest existing parent is checked). Returns the free bytes.
+    """
+    probe = Path(folder).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need_bytes > free:
+        raise InsufficientSpaceError(
+            f"Not enough disk space for {what}: need about {human_size(need_bytes)} in {folder}, "
+            f"but only {human_size(free)} is free on that disk. Free some space, or choose "
+            f"another folder (set PROSTATE_COURSE_DATA or pass --dest / --downloads), or fetch "
+            f"fewer folds (--folds 0)."
+        )
+    return free
+
+
+def _sidecar(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".verified.json")
+
+
+def read_verified(dest: str | os.PathLike) -> dict | None:
+    """The verification record of ``dest`` if it is still valid (same size and mtime), else None."""
+    dest = Path(dest)
+    side = _sidecar(dest)
+    if not (dest.is_file() and side.is_file()):
+        return None
+    try:
+        rec = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    st = dest.stat()
+    if rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
+        return None
+    return rec
+
+
+def record_verified(dest: str | os.PathLike, **extra) -> dict:
+    """Write ``<dest>.verified.json`` (size, mtime, md5, plus ``extra``, e.g. sha256 or url)."""
+    dest = Path(dest)
+    st = dest.stat()
+    rec = {"file": dest.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, **extra}
+    write_json_atomic(_sidecar(dest), rec)
+    return rec
+
+
+def forget_verified(dest: str | os.PathLike) -> None:
+    _sidecar(Path(dest)).unlink(missing_ok=True)
+
+
+def _verify_existing(dest: Path, md5: str | None, size: int | None, log) -> bool:
+    """True if ``dest`` exists and matches; a mismatching file is removed (and reported)."""
+    if not dest.is_file():
+        return False
+    rec = read_verified(dest)
+    if rec is not None and (md5 is None or rec.get("md5") == md5) and (
+            size is None or rec["size"] == size):
+        return True
+    actual_size = dest.stat().st_size
+    if size is not None and actual_size != size:
+        log(f"{dest} has {actual_size} bytes, expected {size}: removing it and downloading again.")
+        dest.unlink()
+        forget_verified(dest)
+        return False
+    digest = md5_file(dest) if md5 is not None else None
+    if md5 is not None and digest != md5:
+        log(f"{dest} has md5 {digest}, expected {md5}: corrupt or a different version; "
+            f"removing it and downloading again.")
+        dest.unlink()
+        forget_verified(dest)
+        return False
+    record_verified(dest, md5=digest)
+    return True
+
+
+def _open(url: str, headers: dict, timeout: float):
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+    return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (http(s) URLs only)
+
+
+def _http_error_message(url: str, code: int, reason: str, manual_hint: str) -> str:
+    if code == 404:
+        why = "the file is not there (HTTP 404 Not Found): the link may have moved"
+    elif code in (401, 403):
+        why = f"access was refused (HTTP {code} {reason})"
+    elif code == 429:
+        why = "the server is rate-limiting requests (HTTP 429 Too Many Requests); wait and retry"
+    elif code >= 500:
+        why = f"the server answered with an error (HTTP {code} {reason}); it may be down for a while"
+    else:
+        why = f"the server answered HTTP {code} {reason}"
+    return f"Download of {url} failed: {why}.\n{manual_hint}".rstrip()
+
+
+def _network_message(url: str, err: BaseException, manual_hint: str) -> str:
+    reason = getattr(err, "reason", err)
+    return (f"Could not download {url}: {reason!s}. Are you offline, behind a proxy or a "
+            f"firewall? (urllib honours the https_proxy environment variable.) Check the "
+            f"connection and rerun: finished files are kept and a partial file resumes.\n"
+            f"{manual_hint}").rstrip()
+
+
+def _sleep(backoff: float, attempt: int, log, why: str) -> None:
+    delay = backoff * (2 ** attempt)
+    log(f"{why}; retrying in {delay:.1f} s (attempt {attempt + 1})")
+    time.sleep(delay)
+
+
+def fetch_json(url: str, *, retries: int = 4, backoff: float = 1.0, timeout: float = 30.0,
+               manual_hint: str = "", log=print) -> dict:
+    """GET ``url`` and parse JSON, with the same retries and error messages as :func:`download`."""
+    attempt = 0
+    while True:
+        try:
+            with _open(url, {"Accept": "application/json"}, timeout) as resp:
+                body = resp.read()
+            try:
+                return json.loads(body)
+            except ValueError as e:
+                raise DownloadError(f"{url} did not return JSON ({e}); first bytes: {body[:80]!r}")
+        except urllib.error.HTTPError as e:
+            if e.code in RETRY_STATUS and attempt < retries:
+                _sleep(backoff, attempt, log, f"HTTP {e.code} from {url}")
+                attempt += 1
+                continue
+            raise DownloadError(_http_error_message(url, e.code, e.reason, manual_hint)) from None
+        except _NETWORK_ERRORS as e:
+            if attempt < retries:
+                _sleep(backoff, attempt, log, f"{url}: {getattr(e, 'reason', e)}")
+                attempt += 1
+                continue
+            raise DownloadError(_network_message(url, e, manual_hint)) from None
+
+
+def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
+             size: int | None = None, retries: int = 5, backoff: float = 1.0,
+             timeout: float = 60.0, chunk_size: int = 1 << 20, progress: bool = True,
+             manual_hint: str = "", log=print) -> Path:
+    """Download ``url`` to ``dest``; resume, retry, verify ``size`` and ``md5``; return ``dest``.
+
+    An existing ``dest`` that matches (size/md5, or just exists when neither is given) is
+    returned without any request. See the module docstring for the guarantees.
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    md5 = md5.lower() if md5 else None
+    if _verify_existing(dest, md5, size, log):
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    attempt = 0
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        if size is not None and offset > size:
+            log(f"{part} is larger than the expected {size} bytes: starting again.")
+            part.unlink()
+            offset = 0
+        if size is not None and offset == size and size > 0:
+            break  # a previous run got every byte; only verification is left
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        received = 0
+        try:
+            with _open(url, headers, timeout) as resp:
+                status = resp.status
+                if offset and status == 206:
+                    crange = resp.headers.get("Content-Range", "")
+                    if not crange.startswith(f"bytes {offset}-"):
+                        log(f"unexpected Content-Range {crange!r} from {url}: starting again.")
+                        part.unlink(missing_ok=True)
+                        continue
+                elif offset:
+                    log(f"The server ignored the resume request (HTTP {status}): downloading "
+                        f"{dest.name} from the start.")
+                    offset = 0
+                length = resp.headers.get("Content-Length")
+                expected_total = offset + int(length) if length is not None else size
+                with open(part, "ab" if offset else "wb") as f, tqdm(
+                        total=expected_total, initial=offset, unit="B", unit_scale=True,
+                        unit_divisor=1024, desc=dest.name, disable=not progress,
+                        leave=False) as bar:
+                    while block := resp.read(chunk_size):
+                        f.write(block)
+                        received += len(block)
+                        bar.update(len(block))
+                if length is not None and received < int(length):
+                    raise _Incomplete(f"connection closed after {offset + received} of "
+                                      f"{expected_total} bytes")
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and offset:
+                # Range not satisfiable: the .part is complete or stale. Verify or restart.
+                if size is None or offset == size:
+                    break
+                part.unlink(missing_ok=True)
+                continue
+            if e.code in RETRY_STATUS and attempt < retries:
+                _sleep(backoff, attempt, log, f"HTTP {e.code} for {dest.name}")
+                attempt += 1
+                continue
+            raise DownloadError(_http_error_message(url, e.code, e.reason, manual_hint)) from None
+        except (_Incomplete, *_NETWORK_ERRORS) as e:
+            if received:
+                attempt = 0  # progress was made: a flaky line, not a dead host
+            if attempt < retries:
+                _sleep(backoff, attempt, log,
+                       f"{dest.name}: {getattr(e, 'reason', e)} (will resume)")
+                attempt += 1
+                continue
+            raise DownloadError(_network_message(url, e, manual_hint)) from None
+
+    got = part.stat().st_size
+    if size is not None and got != size:
+        part.unlink()
+        raise ChecksumError(
+            f"{dest.name}: received {got} bytes but the record says {size}; the incomplete "
+            f"file was removed. Rerun to download it again.\n{manual_hint}".rstrip())
+    digest = md5_file(part)
+    if md5 is not None and digest != md5:
+        part.unlink()
+        raise ChecksumError(
+            f"{dest.name}: md5 {digest} does not match the expected {md5} (from the record's "
+            f"metadata); the corrupt file was removed and will not be used. Rerun to download "
+            f"it again; if it keeps failing, download it by hand.\n{manual_hint}".rstrip())
+    os.replace(part, dest)
+    record_verified(dest, md5=digest, url=url)
+    return dest

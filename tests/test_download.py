@@ -87,7 +87,8 @@ class FakeHost:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -399,6 +400,13 @@ def test_picai_404_message_says_where_to_put_files(picai_host, tmp_path, capsys)
     assert "404" in err and "by hand" in err and str(tmp_path / "dl") in err
 
 
+def test_picai_disk_space_checked_before_downloading(picai_host, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=1000))
+    assert picai.images_main(args(tmp_path, "--no-labels")) == 1
+    assert "Not enough disk space" in capsys.readouterr().err
+    assert picai_host.requests("/files/picai_public_images_fold0.zip") == 0
+
+
 def test_labels_archive_of_wrong_commit_refused(picai_host, tmp_path):
     picai_host.files[f"/DIAGNijmegen/picai_labels/tar.gz/{COMMIT}"] = labels_tar_bytes(
         tmp_path, top="picai_labels-main")
@@ -420,16 +428,33 @@ def test_dry_run_online_exact_and_offline_approximate(picai_host, tmp_path, monk
     assert "Offline" in text and "APPROXIMATE" in text and "fold1.zip" in text
 
 
-def test_prepare_flag_calls_prepare_dataset(picai_host, tmp_path, monkeypatch):
+def test_prepare_flag_prepares_where_ensure_dataset_looks(picai_host, tmp_path, monkeypatch,
+                                                         capsys):
+    from prostate_course.data import dataset as dsmod
+
     calls = []
-    fake = types.ModuleType("prostate_course.data.prepare")
-    fake.prepare_dataset = lambda *a, **k: calls.append((a, k))
-    monkeypatch.setitem(sys.modules, "prostate_course.data.prepare", fake)
-    assert picai.images_main(args(tmp_path, "--max-cases", "1", "--prepare")) == 0
-    (raw_images, labels, out), kw = calls[0]
-    assert raw_images == tmp_path / "raw" / "images" and labels == tmp_path / "raw" / "labels"
-    assert kw["max_cases"] == 1 and kw["spacing"] == (3.0, 0.5, 0.5) and kw["crop"] == (20, 128, 128)
-    assert Path(out).is_relative_to(tmp_path / "data" / "prepared")
+
+    def fake_prepare(raw_images, labels, out, **kw):  # the real one is tested by the data code
+        calls.append((Path(raw_images), Path(labels), Path(out), kw))
+        out = Path(out)
+        out.mkdir(parents=True)
+        (out / "cases.csv").write_text("case_id,patient_id,study_id,split\n")
+        (out / "cache.pt").write_bytes(b"")
+        (out / "manifest.json").write_text(json.dumps(kw.get("extra_manifest") or {}))
+
+    monkeypatch.setattr(dsmod, "prepare_dataset", fake_prepare)
+    root = tmp_path / "data"          # PROSTATE_COURSE_DATA (set by picai_host)
+    argv = ["--backoff", "0.01", "--quiet", "--max-cases", "2", "--prepare"]
+    assert picai.images_main(argv) == 0
+    raw_images, labels, out, kw = calls[0]
+    assert raw_images == root / "raw" / "picai" / "images" and labels == root / "raw" / "picai" / "labels"
+    assert kw["max_cases"] == 2 and tuple(kw["spacing"]) == (3.0, 0.5, 0.5)
+    assert tuple(kw["crop"]) == (20, 128, 128)
+    assert out.parent == root / "prepared" and out.name.startswith("picai-")
+    assert "--set data.source=picai --set data.n_cases=2" in capsys.readouterr().out
+    # what a notebook does later with the same settings finds it: no second prepare
+    ds = dsmod.ensure_dataset(picai.picai_profile("gpu", 2))
+    assert ds.root == out and len(calls) == 1
 
 
 def test_bad_fold_rejected():

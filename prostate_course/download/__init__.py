@@ -15,13 +15,13 @@ from .archive import (ArchiveError, UnsafeArchiveError, archive_units, list_memb
 from .http import (ChecksumError, DownloadError, InsufficientSpaceError, check_disk_space,
                    download, fetch_json, md5_file)
 from .licence import LICENSE_NOTICE, write_license_notice
-from .picai import dry_run, fetch_images, fetch_labels, prepare, prepared_output
+from .picai import dry_run, fetch_images, fetch_labels, picai_profile, prepare, run_command
 from .sources import LABELS_COMMIT, ZENODO_RECORD
 
 __all__ = [
     "ArchiveError", "UnsafeArchiveError", "archive_units", "list_members", "safe_extract",
     "ChecksumError", "DownloadError", "InsufficientSpaceError", "check_disk_space", "download",
     "fetch_json", "md5_file", "LICENSE_NOTICE", "write_license_notice", "dry_run",
-    "fetch_images", "fetch_labels", "prepare", "prepared_output", "LABELS_COMMIT",
+    "fetch_images", "fetch_labels", "picai_profile", "prepare", "run_command", "LABELS_COMMIT",
     "ZENODO_RECORD",
 ]

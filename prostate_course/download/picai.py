@@ -120,11 +120,10 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
     need = 0
     for f in files:
         dest = downloads / f.name
-        if read_verified(dest) is None:
+        if read_verified(dest) is None:  # (an archive already here is checked exactly below)
             part = dest.with_name(dest.name + ".part")
             have = part.stat().st_size if part.exists() else 0
-            need += max((f.size or 0) - have, 0)
-        need += int(EXTRACT_FACTOR * (f.size or 0))
+            need += max((f.size or 0) - have, 0) + int(EXTRACT_FACTOR * (f.size or 0))
     if files:
         check_disk_space(downloads, need, f"{len(files)} PI-CAI fold archive(s) and their "
                                           f"extraction")
@@ -143,8 +142,11 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
             remaining -= len(units)
         if not units:
             continue
-        exact = uncompressed_size(dest, units=units)
-        check_disk_space(images, exact // 2, f"extracting {f.name}")  # most was budgeted above
+        # exact room for the case folders not yet there (sizes from the archive's member list)
+        missing = [u for u in units if not (images / u).exists()]
+        if missing:
+            check_disk_space(images, uncompressed_size(dest, units=missing),
+                             f"extracting {len(missing)} case folder(s) of {f.name}")
         log(f"{f.name}: extracting {len(units)} case folder(s) into {images}")
         rep = safe_extract(dest, images, select=units, progress=progress)
         summary["extracted_cases"] += len(rep.extracted)
@@ -261,49 +263,56 @@ def dry_run(folds=(0,), *, labels=True, raw_dir=None, downloads=None, base_url=N
 
 
 # ---------------------------------------------------------------------------------- prepare
-def prepared_output(profile: str = "gpu", max_cases=None) -> Path:
-    """Where the prepared PI-CAI dataset for ``profile`` goes (where ensure_dataset looks).
-
-    Uses the data code's own path function when it provides one; otherwise the documented
-    contract ``<data_root>/prepared/picai-<config_hash(prepare params)>``.
-    """
-    from ..io_utils import config_hash
+def picai_profile(profile: str = "gpu", max_cases=None):
+    """``profile`` with ``data.source = picai`` (and ``data.n_cases = max_cases`` if given)."""
     from ..profile import load_profile
 
-    prof = load_profile(profile, {"data.source": "picai"})
-    try:
-        from ..data import dataset as _ds  # written by the data code; may not exist yet
-    except ImportError:
-        _ds = None
-    for name in ("prepared_dir", "prepared_path"):
-        fn = getattr(_ds, name, None)
-        if callable(fn):
-            return Path(fn(prof))
-    data = prof.data if hasattr(prof, "data") else prof["data"]
-    params = {"source": "picai", "spacing": list(data["spacing"]), "crop": list(data["crop"]),
-              "n_cases": max_cases, "seed": data.get("seed", 0)}
-    return data_root() / "prepared" / f"picai-{config_hash(params)}"
+    overrides = {"data.source": "picai"}
+    if max_cases is not None:
+        overrides["data.n_cases"] = int(max_cases)
+    return load_profile(profile, overrides)
 
 
-def prepare(raw_dir=None, *, out=None, profile: str = "gpu", max_cases=None, workers=None,
+def run_command(profile: str = "gpu", max_cases=None) -> str:
+    """The command that runs the course on the prepared PI-CAI data."""
+    extra = f" --set data.n_cases={int(max_cases)}" if max_cases is not None else ""
+    return f"prostate-course run --profile {profile} --set data.source=picai{extra}"
+
+
+def prepare(raw_dir=None, *, profile: str = "gpu", max_cases=None, workers=None,
             progress=True, log=print) -> Path:
-    """Run ``prostate_course.data.prepare.prepare_dataset`` on the downloaded raw data."""
-    raw_dir = Path(raw_dir) if raw_dir else default_raw_dir()
-    try:
-        from ..data.prepare import prepare_dataset
-    except ImportError as e:
-        raise RuntimeError(f"prostate_course.data.prepare is not available ({e}); the download "
-                           f"finished, run prepare later with `prostate-course prepare`.") from e
-    from ..profile import load_profile
+    """Prepare the downloaded data exactly where the notebooks will look for it.
 
-    prof = load_profile(profile, {"data.source": "picai"})
-    data = prof.data if hasattr(prof, "data") else prof["data"]
-    out = Path(out) if out else prepared_output(profile, max_cases)
-    log(f"prepare: {raw_dir} -> {out}")
-    prepare_dataset(raw_dir / "images", raw_dir / "labels", out,
-                    spacing=tuple(data["spacing"]), crop=tuple(data["crop"]), workers=workers,
-                    seed=data.get("seed", 0), progress=progress, max_cases=max_cases)
-    return out
+    Calls the data code's own ``ensure_dataset`` on ``profile`` with ``data.source = picai``
+    (``data.n_cases = max_cases`` if given), so the prepared folder,
+    ``<data root>/prepared/picai-<hash>``, is the one ``ensure_dataset`` finds later (its key
+    hashes the marksheet, the case folders present and the prepare parameters). ``raw_dir``
+    must be ``<root>/raw/picai``; ``<root>`` is used as the data root for this call.
+    """
+    raw_dir = Path(raw_dir).resolve() if raw_dir else default_raw_dir()
+    if raw_dir.name != "picai" or raw_dir.parent.name != "raw":
+        raise ValueError(
+            f"--prepare needs the course's raw layout <data root>/raw/picai, but the data is in "
+            f"{raw_dir}. Use --dest <data root>/raw/picai (or leave --dest out and set "
+            f"{DATA_ENV}), or run prepare_dataset on {raw_dir}/images and {raw_dir}/labels "
+            f"yourself.")
+    root = raw_dir.parent.parent
+    from ..data.dataset import ensure_dataset  # imported late: torch and the data code are heavy
+
+    old = os.environ.get(DATA_ENV)
+    os.environ[DATA_ENV] = str(root)
+    try:
+        ds = ensure_dataset(picai_profile(profile, max_cases), workers=workers, progress=progress)
+    finally:
+        if old is None:
+            os.environ.pop(DATA_ENV, None)
+        else:
+            os.environ[DATA_ENV] = old
+    cmd = run_command(profile, max_cases)
+    if root != data_root():
+        cmd = f"{DATA_ENV}={root} {cmd}"
+    log(f"Prepared dataset: {ds.root} ({len(ds)} cases). Run the course on it with:\n  {cmd}")
+    return Path(ds.root)
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -389,11 +398,13 @@ def images_main(argv=None) -> int:
                          retries=a.retries, backoff=a.backoff, timeout=a.timeout,
                          progress=not a.quiet)
         if a.prepare:
-            out = prepare(raw, profile=a.profile, max_cases=a.max_cases, workers=a.workers,
-                          progress=not a.quiet)
-            print(f"prepared dataset: {out}")
+            prepare(raw, profile=a.profile, max_cases=a.max_cases, workers=a.workers,
+                    progress=not a.quiet)
     except (DownloadError, OSError, RuntimeError, ValueError) as e:
         return _fail(e)
+    if not a.prepare:
+        print(f"Next: the course prepares the data on first use: {run_command(a.profile, a.max_cases)}"
+              f"\n(or prepare now: rerun with --prepare)")
     print(f"Done. Licence notice: {Path(raw) / 'LICENSE_NOTICE.md'}")
     return 0
 

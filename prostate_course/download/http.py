@@ -230,6 +230,7 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
         return dest
     part = dest.with_name(dest.name + ".part")
     attempt = 0
+    t0, start_bytes = time.monotonic(), (part.stat().st_size if part.exists() else 0)
     while True:
         offset = part.stat().st_size if part.exists() else 0
         if size is not None and offset > size:
@@ -257,8 +258,7 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
                 expected_total = offset + int(length) if length is not None else size
                 with open(part, "ab" if offset else "wb") as f, tqdm(
                         total=expected_total, initial=offset, unit="B", unit_scale=True,
-                        unit_divisor=1024, desc=dest.name, disable=not progress,
-                        leave=False) as bar:
+                        unit_divisor=1024, desc=dest.name, disable=not progress) as bar:
                     while block := resp.read(chunk_size):
                         f.write(block)
                         received += len(block)
@@ -304,4 +304,7 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
             f"it again; if it keeps failing, download it by hand.\n{manual_hint}".rstrip())
     os.replace(part, dest)
     record_verified(dest, md5=digest, url=url)
+    secs = max(time.monotonic() - t0, 1e-6)
+    log(f"{dest.name}: {human_size(got)} downloaded ({human_size((got - start_bytes) / secs)}/s)"
+        f"{' and md5 verified' if md5 else ''} -> {dest}")
     return dest

@@ -147,7 +147,8 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
         if missing:
             check_disk_space(images, uncompressed_size(dest, units=missing),
                              f"extracting {len(missing)} case folder(s) of {f.name}")
-        log(f"{f.name}: extracting {len(units)} case folder(s) into {images}")
+            log(f"{f.name}: extracting {len(missing)} of {len(units)} case folder(s) into "
+                f"{images}")
         rep = safe_extract(dest, images, select=units, progress=progress)
         summary["extracted_cases"] += len(rep.extracted)
         summary["skipped_cases"] += len(rep.skipped)
@@ -203,7 +204,7 @@ def fetch_labels(*, raw_dir=None, downloads=None, base_url=None, commit=sources.
     if not marksheet.is_file():
         raise DownloadError(f"{dest.name} extracted into {labels}, but {marksheet} is missing: "
                             f"this is not the expected picai_labels layout.")
-    log(f"labels: {len(rep.extracted)} folder(s) extracted, {len(rep.skipped)} already present "
+    log(f"labels: {len(rep.extracted)} item(s) extracted, {len(rep.skipped)} already present "
         f"in {labels}")
     return labels
 
@@ -243,7 +244,8 @@ def dry_run(folds=(0,), *, labels=True, raw_dir=None, downloads=None, base_url=N
                      f"{sources.LABELS_COMMIT[:12]} + sha256 recorded  [{state}]")
         lines.append(f"      {lf.url}")
         total += lf.size or 0
-    lines.append(f"Total download: {'~' if any(f.approximate for f in files) else ''}"
+    approx_total = any(f.approximate for f in files) or labels
+    lines.append(f"Total download: {'~' if approx_total else ''}"
                  f"{human_size(total)}; extraction needs about as much again.")
     lines.append(f"Archives -> {downloads}")
     lines.append(f"Images   -> {raw_dir / 'images'}" + (

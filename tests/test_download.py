@@ -37,6 +37,7 @@ class FakeHost:
         self.fail_n: dict[str, list] = {}           # path -> [code, times left]
         self.cut_once: set[str] = set()             # send half the body, then close
         self.ignore_range: set[str] = set()
+        self.no_length: set[str] = set()            # no Content-Length (body ends at close)
         self.log: list[tuple[str, str | None]] = []  # (path, Range header)
         host = self
 
@@ -74,7 +75,8 @@ class FakeHost:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                if path not in host.no_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if path in host.cut_once:
                     host.cut_once.discard(path)
@@ -136,6 +138,15 @@ def test_interrupted_download_resumes_and_verifies(host, tmp_path):
     assert [r for _, r in host.log] == [None, f"bytes={len(PAYLOAD) // 2}-"]  # resumed mid-file
     assert not (tmp_path / "f.bin.part").exists()
     assert dl.read_verified(dest)["md5"] == md5(PAYLOAD)
+
+
+def test_cut_without_content_length_resumes_using_record_size(host, tmp_path):
+    host.files["/f.bin"] = PAYLOAD
+    host.cut_once.add("/f.bin")
+    host.no_length.add("/f.bin")
+    out = dl.download(host.url("/f.bin"), tmp_path / "f.bin", md5=md5(PAYLOAD),
+                      size=len(PAYLOAD), **FAST)
+    assert out.read_bytes() == PAYLOAD and host.requests("/f.bin") == 2
 
 
 def test_server_ignoring_range_restarts_from_zero(host, tmp_path):

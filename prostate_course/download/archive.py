@@ -237,6 +237,9 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *,
     members = list_members(archive, strip_components)          # raises before any write
     by_unit: dict[str, list[Member]] = {}
     for m in members:
+        if m.unit == MANIFEST_DIR:
+            raise UnsafeArchiveError(f"{archive.name}: member {m.path!r} would overwrite the "
+                                     f"extraction manifest folder {MANIFEST_DIR}/; refusing.")
         by_unit.setdefault(m.unit, []).append(m)
     if select is None:
         chosen = sorted(by_unit)
@@ -296,7 +299,11 @@ def _extract_unit(kind: str, arc, archive: Path, members: list[Member], root: Pa
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         if m.kind == "symlink":
-            os.symlink(m.link, out)
+            try:
+                os.symlink(m.link, out)
+            except OSError as e:
+                raise ArchiveError(f"{archive.name}: cannot create symlink member {m.path!r} "
+                                   f"-> {m.link!r} ({e})") from None
             continue
         try:
             # tarfile.extractfile resolves a hardlink to its target's data: write a copy.

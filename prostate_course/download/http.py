@@ -263,7 +263,7 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
                         f.write(block)
                         received += len(block)
                         bar.update(len(block))
-                if length is not None and received < int(length):
+                if expected_total is not None and offset + received < expected_total:
                     raise _Incomplete(f"connection closed after {offset + received} of "
                                       f"{expected_total} bytes")
             break

@@ -6,6 +6,7 @@ Per case (:func:`prepare_case`):
    masks must lie on the T2W grid (as in picai_labels), else the case is bad;
 2. centre: the centre of the gland's bounding box (whole_gland/AI/Guerbet23, else Bosma22b);
    without a gland mask, the centre of the T2W volume (recorded as ``gland_source = "none"``);
+   the crop origin is snapped onto a T2W voxel centre (moves it by <= half a T2W voxel);
 3. one output grid: the T2W orientation, the target ``spacing`` and the fixed ``crop`` size,
    centred there; ADC/HBV and T2W are resampled straight onto it (linear; masks nearest). This
    is "ADC/HBV onto the T2W grid, then to the target spacing" done as ONE interpolation per
@@ -100,13 +101,21 @@ def volume_centre(img: sitk.Image) -> tuple[float, float, float]:
     return img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in img.GetSize()])
 
 
-def crop_grid(reference: sitk.Image, centre, spacing_zyx, crop_zyx) -> sitk.Image:
+def crop_grid(reference: sitk.Image, centre, spacing_zyx, crop_zyx, snap: bool = True) -> sitk.Image:
     """An empty float32 image: ``reference``'s orientation, ``spacing`` and ``crop`` (both (z, y, x)),
-    whose centre is the physical point ``centre``."""
+    centred on the physical point ``centre``.
+
+    With ``snap`` the grid origin is moved (by at most half a reference voxel per axis) onto a
+    reference voxel centre, so when the target slice spacing equals the acquired one the output
+    slices ARE the acquired slices (no interpolation between slices, which would blur lesions).
+    """
     sp = np.array(spacing_zyx, dtype=float)[::-1]
     size = np.array(crop_zyx, dtype=int)[::-1]
     d = np.array(reference.GetDirection(), dtype=float).reshape(3, 3)
     origin = np.asarray(centre, dtype=float) - d @ (sp * (size - 1) / 2.0)
+    if snap:
+        idx = np.array(reference.TransformPhysicalPointToContinuousIndex([float(o) for o in origin]))
+        origin = np.array(reference.TransformContinuousIndexToPhysicalPoint([float(i) for i in np.round(idx)]))
     grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
     grid.SetSpacing([float(s) for s in sp])
     grid.SetDirection(reference.GetDirection())

@@ -1,0 +1,313 @@
+"""prepare: geometry, crop on real glands, normalisation, bad inputs, resumability after a kill."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import DEFAULT_CASES, PICAI_LABELS
+from prostate_course.data import readers
+from prostate_course.data.prepare import (
+    CASE_FILES, PrepareError, crop_grid, gland_centre, prepare_dataset, zscore_clip,
+)
+
+REAL_CASES = sorted(p.name[:-7] for p in (PICAI_LABELS / "anatomical_delineations/whole_gland/AI/Guerbet23").glob("*.nii.gz"))
+
+
+def _world_centroid_nifti(path) -> np.ndarray:
+    """Centroid of the non-zero voxels of a NIfTI mask in world LPS mm (via nibabel's RAS affine)."""
+    img = nib.load(str(path))
+    idx = np.argwhere(np.asarray(img.dataobj) > 0)
+    ras = nib.affines.apply_affine(img.affine, idx).mean(0)
+    return ras * [-1, -1, 1]
+
+
+def _world_centroid_sitk(img: sitk.Image, mask_zyx: np.ndarray) -> np.ndarray:
+    idx = np.argwhere(mask_zyx)[:, ::-1].astype(float)  # (x, y, z)
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    pts = idx * np.array(img.GetSpacing()) @ d.T + np.array(img.GetOrigin())
+    return pts.mean(0)
+
+
+# ---------------------------------------------------------------------------- geometry
+def test_prepared_sequences_share_one_grid(prepared_cohort):
+    for case in (p.name for p in (prepared_cohort / "cases").iterdir()):
+        d = prepared_cohort / "cases" / case
+        img = nib.load(str(d / "image.nii.gz"))
+        assert img.shape == (48, 48, 8, 3) and img.get_data_dtype() == np.float32
+        assert np.allclose(img.header.get_zooms()[:3], (1.0, 1.0, 3.0), atol=1e-5)
+        for m in ("gland", "zones", "lesions"):
+            mi = nib.load(str(d / f"{m}.nii.gz"))
+            assert mi.get_data_dtype() == np.uint8 and mi.shape == img.shape[:3]
+            np.testing.assert_allclose(mi.affine, img.affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["10001_1000001", "10002_1000003"])
+def test_lesion_lands_in_the_same_world_place(raw_cohort, prepared_cohort, case):
+    """Lesion centroid (mask) and the lesion seen in each prepared sequence sit where the raw T2W mask puts it."""
+    lab = readers.find_labels(raw_cohort / "labels", case)
+    raw_mask = readers.read_mask(lab.lesion)
+    raw_c = _world_centroid_sitk(raw_mask, sitk.GetArrayViewFromImage(raw_mask) > 0)
+    d = prepared_cohort / "cases" / case
+    prep_c = _world_centroid_nifti(d / "lesions.nii.gz")
+    assert np.linalg.norm(prep_c - raw_c) < 1.0  # mm, prepared voxels are 1 x 1 x 3 mm
+    img = nib.load(str(d / "image.nii.gz"))
+    data = np.asarray(img.dataobj)
+    gland = np.asarray(nib.load(str(d / "gland.nii.gz")).dataobj) > 0
+    for ch, sign in ((0, -1), (1, -1), (2, 1)):  # lesion dark on T2W and ADC, bright on HBV
+        x = sign * data[..., ch]
+        blob = (x >= np.percentile(x[gland], 97)) & gland  # >=: clipping makes ties
+        c = nib.affines.apply_affine(img.affine, np.argwhere(blob)).mean(0) * [-1, -1, 1]
+        assert np.linalg.norm(c - raw_c) < 2.0, f"channel {ch}: lesion {np.linalg.norm(c - raw_c):.1f} mm off"
+
+
+def test_crop_is_centred_on_the_gland(raw_cohort, prepared_cohort):
+    t = pd.read_csv(prepared_cohort / "cases.csv", dtype={"case_id": str})
+    for r in t.itertuples():
+        gl = prepared_cohort / "cases" / r.case_id / "gland.nii.gz"
+        if r.gland_source == "none":
+            assert "centre crop" in r.warnings
+            assert np.asarray(nib.load(str(gl)).dataobj).max() == 0
+            continue
+        assert r.gland_in_crop == pytest.approx(1.0, abs=0.05)
+        raw = readers.read_mask(readers.find_labels(raw_cohort / "labels", r.case_id).gland)
+        centre = np.array(gland_centre(raw))
+        img = nib.load(str(gl))
+        crop_centre = nib.affines.apply_affine(img.affine, (np.array(img.shape) - 1) / 2) * [-1, -1, 1]
+        # centred on the gland, up to the snap onto a T2W voxel centre (<= half a T2W voxel per axis)
+        off = np.abs(np.linalg.inv(np.array(raw.GetDirection()).reshape(3, 3)) @ (crop_centre - centre))
+        assert (off <= np.array(raw.GetSpacing()) / 2 + 1e-3).all(), off
+        # the prepared slices are the acquired T2W slices (equal 3 mm spacing): the crop origin
+        # sits on a T2W voxel centre
+        origin = (img.affine[:3, 3] * [-1, -1, 1]).tolist()
+        idx = np.array(raw.TransformPhysicalPointToContinuousIndex(origin))
+        np.testing.assert_allclose(idx, np.round(idx), atol=1e-3)
+
+
+def _gland_voxels_outside(case, spacing, crop) -> tuple[int, float]:
+    """Gland voxel centres of a real mask outside the gland-centred crop, and the kept volume ratio."""
+    g = readers.read_mask(readers.find_labels(PICAI_LABELS, case).gland)
+    grid = crop_grid(g, gland_centre(g), spacing, crop)
+    pts = np.argwhere(sitk.GetArrayViewFromImage(g) > 0)[:, ::-1].astype(float)
+    d = np.array(g.GetDirection()).reshape(3, 3)
+    world = pts * np.array(g.GetSpacing()) @ d.T + np.array(g.GetOrigin())
+    gd = np.array(grid.GetDirection()).reshape(3, 3)
+    cidx = (world - np.array(grid.GetOrigin())) @ gd / np.array(grid.GetSpacing())
+    outside = int((((cidx < -0.5) | (cidx > np.array(grid.GetSize()) - 0.5)).any(1)).sum())
+    r = sitk.Resample(g, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    ratio = (sitk.GetArrayViewFromImage(r).sum() * np.prod(spacing)
+             / (sitk.GetArrayViewFromImage(g).sum() * np.prod(g.GetSpacing())))
+    return outside, float(ratio)
+
+
+# Real AI gland masks reach 65 mm cranio-caudally (10014: 18 slices x 3.6 mm) and 61 mm across,
+# so a crop that keeps every gland needs ~24 slices at 3 mm and >= 64 mm in-plane.
+@pytest.mark.parametrize("spacing, crop", [((3.0, 0.5, 0.5), (24, 160, 160)), ((3.0, 1.0, 1.0), (24, 80, 80))])
+def test_crop_keeps_the_whole_real_gland(spacing, crop):
+    """On the 8 real PI-CAI gland masks, every gland voxel centre lies inside the gland-centred crop."""
+    assert len(REAL_CASES) == 8
+    for case in REAL_CASES:
+        outside, ratio = _gland_voxels_outside(case, spacing, crop)
+        assert outside == 0, (case, outside)
+        assert 0.85 < ratio < 1.2, (case, ratio)  # nearest-neighbour volume, up to slice sampling
+
+
+def test_crop_check_detects_a_cut_gland():
+    """The same check fails for a crop too short for the longest real gland (16 x 3 mm = 48 mm < 65 mm)."""
+    outside, ratio = _gland_voxels_outside("10014_1000014", (3.0, 1.0, 1.0), (16, 64, 64))
+    assert outside > 0 and ratio < 0.97
+
+
+def test_zscore_clip_matches_definition():
+    rng = np.random.default_rng(0)
+    x = rng.normal(100, 20, (8, 16, 16)).astype(np.float32)
+    x[0, 0, 0] = 1e6  # an outlier is clipped
+    valid = np.ones_like(x, bool)
+    valid[-1] = False
+    z = zscore_clip(x, valid)
+    v = x[valid]
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    c = np.clip(v, lo, hi)
+    np.testing.assert_allclose(z[valid], (c - c.mean()) / c.std(), rtol=1e-4, atol=1e-4)
+    assert (z[~valid] == 0).all() and z.max() < 4
+
+
+# ---------------------------------------------------------------------- tables & cache
+def test_outputs_table_cache_manifest(prepared_cohort):
+    t = pd.read_csv(prepared_cohort / "cases.csv", dtype={"case_id": str, "patient_id": str, "pirads_reports": str})
+    assert t["case_id"].tolist() == [f"{p}_{s}" for p, s, *_ in DEFAULT_CASES]
+    for col in ("split", "fold", "patient_age", "psa", "psad", "prostate_volume", "center", "case_ISUP",
+                "case_csPCa", "pirads_reports", "n_reports", "pirads_max", "pirads_majority", "pirads_conf",
+                "gland_source", "lesion_source"):
+        assert col in t.columns, col
+    assert t["pirads_majority"].tolist()[:3] == [1, 0, 1] and np.isnan(t["pirads_majority"][3])
+    assert t["pirads_conf"].tolist()[:3] == [1.0, 1.0, pytest.approx(0.1)]
+    assert t["psad"].isna().sum() == 1
+    assert t.groupby("patient_id")["split"].nunique().max() == 1
+    c = torch.load(prepared_cohort / "cache.pt", weights_only=True)
+    assert c["images"].dtype == torch.float16 and tuple(c["images"].shape) == (4, 3, 8, 48, 48)
+    for k in ("lesions", "gland", "zones"):
+        assert c[k].dtype == torch.uint8 and tuple(c[k].shape) == (4, 8, 48, 48)
+    assert c["case_ids"] == t["case_id"].tolist()
+    # cache equals the NIfTI files (z, y, x) vs (x, y, z)
+    nii = np.asarray(nib.load(str(prepared_cohort / "cases" / t.case_id[0] / "lesions.nii.gz")).dataobj)
+    np.testing.assert_array_equal(c["lesions"][0].numpy(), nii.transpose(2, 1, 0))
+    assert set(np.unique(c["lesions"][0].numpy())) == {0, 3}
+    m = json.loads((prepared_cohort / "manifest.json").read_text())
+    assert m["n_cases"] == 4 and m["n_bad"] == 0 and m["params"]["crop"] == [8, 48, 48]
+
+
+def test_rerun_is_idempotent(raw_factory, tmp_path):
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    out = tmp_path / "ds"
+    r1 = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    before = (out / "cases.csv").read_text()
+    stamp = (out / "cases" / "10001_1000001" / "image.nii.gz").stat().st_mtime_ns
+    r2 = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    assert (r1.n_new, r2.n_new, r2.n_reused) == (3, 0, 3)
+    assert (out / "cases.csv").read_text() == before
+    assert (out / "cases" / "10001_1000001" / "image.nii.gz").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other parameters"):
+        prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 16, 16), workers=1, progress=False)
+
+
+def test_parallel_equals_serial(raw_factory, tmp_path):
+    raw = raw_factory()
+    a = prepare_dataset(raw / "images", raw / "labels", tmp_path / "a", crop=(8, 32, 32), workers=1, progress=False)
+    b = prepare_dataset(raw / "images", raw / "labels", tmp_path / "b", crop=(8, 32, 32), workers=2, progress=False)
+    assert a.n_cases == b.n_cases == 4
+    ca, cb = (torch.load(p / "cache.pt", weights_only=True) for p in (tmp_path / "a", tmp_path / "b"))
+    assert torch.equal(ca["images"], cb["images"]) and torch.equal(ca["lesions"], cb["lesions"])
+
+
+# ------------------------------------------------------------------------- bad inputs
+def _corrupt(raw: Path, kind: str) -> tuple[str, Path, str]:
+    """Make case 10002_1000003 bad in one way; return (case, file, expected reason pattern)."""
+    case, pid = "10002_1000003", "10002"
+    img = raw / "images" / pid
+    gland = raw / "labels/anatomical_delineations/whole_gland/AI/Guerbet23" / f"{case}.nii.gz"
+    if kind == "unreadable":
+        f = img / f"{case}_adc.mha"
+        f.write_bytes(b"ObjectType = Image\nNDims = 3\ngarbage")
+        return case, f, "unreadable image"
+    if kind == "missing":
+        f = img / f"{case}_hbv.mha"
+        f.unlink()
+        return case, f, "missing sequence HBV"
+    if kind == "geometry":
+        m = sitk.ReadImage(str(gland))
+        m.SetSpacing([s * 1.1 for s in m.GetSpacing()])
+        sitk.WriteImage(m, str(gland))
+        return case, gland, "gland mask geometry does not match T2W: spacing"
+    if kind == "nan":
+        f = img / f"{case}_t2w.mha"
+        t = sitk.Cast(sitk.ReadImage(str(f)), sitk.sitkFloat32)
+        a = sitk.GetArrayFromImage(t)
+        a[3, 10, 10] = np.nan
+        n = sitk.GetImageFromArray(a)
+        n.CopyInformation(t)
+        sitk.WriteImage(n, str(f))
+        return case, f, "NaN"
+    if kind == "empty_gland":
+        m = sitk.ReadImage(str(gland))
+        sitk.WriteImage(m * 0, str(gland))
+        return case, gland, "empty gland mask"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["unreadable", "missing", "geometry", "nan", "empty_gland"])
+def test_bad_case_is_reported_and_skipped(raw_factory, tmp_path, kind):
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    case, file, reason = _corrupt(raw, kind)
+    out = tmp_path / "ds"
+    rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    bad = pd.read_csv(out / "bad_cases.csv", dtype=str)
+    assert bad["case_id"].tolist() == [case]
+    assert bad["file"][0] == str(file) and reason in bad["reason"][0]
+    assert rep.n_cases == 2 and not (out / "cases" / case).exists()
+    assert case not in pd.read_csv(out / "cases.csv", dtype={"case_id": str})["case_id"].tolist()
+    assert not list((out / "cases").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("kind", ["unreadable", "missing", "geometry", "nan", "empty_gland"])
+def test_strict_raises_naming_case_file_reason(raw_factory, tmp_path, kind):
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    case, file, reason = _corrupt(raw, kind)
+    out = tmp_path / "ds"
+    with pytest.raises(PrepareError) as e:
+        prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False, strict=True)
+    msg = str(e.value)
+    assert case in msg and str(file) in msg and reason in msg
+    # nothing half-written: no folder for the bad case, no temporaries, no tables
+    assert not (out / "cases" / case).exists() and not list((out / "cases").glob(".tmp-*"))
+    assert not (out / "manifest.json").exists() and not (out / "cases.csv").exists()
+    for d in (out / "cases").iterdir():
+        assert all((d / f).is_file() for f in CASE_FILES)
+
+
+def test_case_missing_from_marksheet(raw_factory, tmp_path):
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    ms = raw / "labels/clinical_information/marksheet.csv"
+    lines = ms.read_text().splitlines()
+    ms.write_text("\n".join(lines[:-1]) + "\n")  # drop 10002_1000003
+    rep = prepare_dataset(raw / "images", raw / "labels", tmp_path / "ds", crop=(8, 32, 32), workers=1, progress=False)
+    assert rep.bad["case_id"].tolist() == ["10002_1000003"] and "not in the marksheet" in rep.bad["reason"][0]
+
+
+# ---------------------------------------------------------------------- interruption
+_SLOW_PREPARE = textwrap.dedent(
+    """
+    import sys, time
+    from prostate_course.data import prepare as P
+    _orig = P._nifti
+    def slow(*a, **k):          # make each case slow enough to be killed in the middle of one
+        _orig(*a, **k)
+        time.sleep(0.15)
+    P._nifti = slow
+    P.prepare_dataset(sys.argv[1], sys.argv[2], sys.argv[3], crop=(8, 32, 32), workers=1, progress=False)
+    """
+)
+
+
+def test_killed_prepare_leaves_no_partial_case_and_resumes(raw_factory, tmp_path):
+    cases = DEFAULT_CASES + tuple((f"2000{i}", f"200000{i}", 2 * (i % 2), 0.0, (0.0, 0.0, 0.0), True) for i in range(4))
+    raw = raw_factory(cases=cases)
+    out = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(raw / "images"), str(raw / "labels"), str(out)],
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:  # wait until two cases are finished, then kill mid-way
+            done = [d for d in (out / "cases").glob("*") if not d.name.startswith(".")] if (out / "cases").is_dir() else []
+            if len(done) >= 2 and list((out / "cases").glob(".tmp-*")):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.02)
+        else:
+            pytest.fail("prepare did not reach two cases in time")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finals = [d for d in (out / "cases").iterdir() if not d.name.startswith(".")]
+    assert 2 <= len(finals) < len(cases)
+    for d in finals:  # every visible case folder is complete and loadable
+        assert all((d / f).is_file() for f in CASE_FILES)
+        nib.load(str(d / "image.nii.gz")).get_fdata()
+    assert list((out / "cases").glob(".tmp-*")), "expected the killed case's temporary folder"
+    assert not (out / "manifest.json").exists() and not (out / "cache.pt").exists()
+    rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    assert rep.n_cases == len(cases) and rep.n_reused == len(finals) and rep.n_new == len(cases) - len(finals)
+    assert not list((out / "cases").glob(".tmp-*")) and (out / "manifest.json").is_file()

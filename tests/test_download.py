@@ -302,10 +302,12 @@ def test_extraction_idempotent_and_repairs(tmp_path):
     r2 = arc.safe_extract(z, target, progress=False)
     assert r2.extracted == [] and r2.skipped == ["10001", "10002", "10003"]
     (target / "10002" / "10002_1_t2w.mha").write_bytes(b"truncated")   # damaged since
+    (target / ".10003.x1y2.partial" / "10003").mkdir(parents=True)      # a killed run's leftover
     r3 = arc.safe_extract(z, target, progress=False)
     assert r3.extracted == ["10002"]
     assert (target / "10002" / "10002_1_t2w.mha").read_bytes() == bytes([10002 % 256]) * 50
     assert not [p for p in target.iterdir() if p.name.endswith(".partial")]
+    assert sorted(p.name for p in target.iterdir()) == [".extracted", "10001", "10002", "10003"]
 
 
 def test_corrupt_member_reported_by_name(tmp_path):

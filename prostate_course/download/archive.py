@@ -250,6 +250,9 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *,
         chosen = sorted(u for u in by_unit if u in wanted)
 
     target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob(".*.partial"):   # left by a run that was killed mid-unit
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
     mpath = manifest_path(target, archive)
     manifest = _load_manifest(mpath)
     if manifest.get("strip_components", strip_components) != strip_components:

@@ -396,6 +396,20 @@ def test_picai_script_end_to_end_and_second_run(picai_host, tmp_path, capsys):
     assert len(picai_host.log) == n_before
 
 
+def test_max_cases_skips_folds_not_needed(picai_host, tmp_path):
+    rec = picai_host.json[f"/api/records/{sources.ZENODO_RECORD}"]
+    fold1 = make_zip(tmp_path / "f1.zip", {"11000/11000_1100000_t2w.mha": b"x"}).read_bytes()
+    picai_host.files["/files/picai_public_images_fold1.zip"] = fold1
+    rec["files"].append({"key": "picai_public_images_fold1.zip", "size": len(fold1),
+                         "checksum": f"md5:{md5(fold1)}",
+                         "links": {"self": picai_host.url("/files/picai_public_images_fold1.zip")}})
+    assert picai.images_main(args(tmp_path, "--folds", "0", "1", "--max-cases", "3",
+                                  "--no-labels")) == 0
+    assert picai_host.requests("/files/picai_public_images_fold1.zip") == 0
+    assert picai.images_main(args(tmp_path, "--folds", "0", "1", "--no-labels")) == 0
+    assert (tmp_path / "raw" / "images" / "11000" / "11000_1100000_t2w.mha").is_file()
+
+
 def test_picai_checksum_mismatch_from_record(picai_host, tmp_path, capsys):
     rec = picai_host.json[f"/api/records/{sources.ZENODO_RECORD}"]
     rec["files"][0]["checksum"] = "md5:" + "0" * 32

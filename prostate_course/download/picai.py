@@ -113,6 +113,8 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
         summary["skipped_cases"] += n_units
         if remaining is not None:
             remaining -= min(remaining, n_units)
+    if remaining is not None and remaining <= 0:
+        todo = []
     files = plan_images(todo, base_url=base_url, downloads=downloads, retries=retries,
                         backoff=backoff, log=log) if todo else []
 
@@ -130,6 +132,9 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
 
     for f in files:
         dest = downloads / f.name
+        if remaining is not None and remaining <= 0:
+            log(f"{f.name}: not needed, --max-cases {max_cases} is reached; skipping it.")
+            continue
         cached = read_verified(dest) is not None
         download(f.url, dest, md5=f.md5, size=f.size, retries=retries, backoff=backoff,
                  timeout=timeout, progress=progress, manual_hint=hint, log=log)

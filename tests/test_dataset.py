@@ -104,7 +104,7 @@ def fake_generator(monkeypatch, tmp_path):
     """Stand in for the synthetic generator (fast, and the test does not depend on its module)."""
     calls = []
 
-    def generate_cohort(out_dir, n_cases, seed=0, **params):
+    def generate_cohort(out_dir, n_cases, seed=0, *, progress=True, **params):
         calls.append((n_cases, seed, params))
         return make_raw(out_dir, cases=DEFAULT_CASES[:n_cases], seed=seed)
 
@@ -132,21 +132,24 @@ def test_ensure_dataset_makes_then_reuses(fake_generator, tmp_path):
     assert other.root != ds.root and other.cache()["images"].shape[-1] == 16 and len(fake_generator) == 1
     synth = ensure_raw(load_profile("smoke", {"data.n_cases": 3, "data.synth": {"lesion_rate": 0.5}}))
     assert synth.name.startswith("synthetic-n3-s0-") and fake_generator[-1] == (3, 0, {"lesion_rate": 0.5})
-    assert not list((tmp_path / "data" / "raw").glob(".*tmp*"))
 
 
-def test_ensure_raw_failed_generation_leaves_nothing(monkeypatch, tmp_path):
+def test_ensure_raw_resumes_an_interrupted_generation(fake_generator, monkeypatch, tmp_path):
+    mod = sys.modules["prostate_course.data.synthetic"]
+    good = mod.generate_cohort
+
     def broken(out_dir, n_cases, seed=0, **params):
-        (out_dir / "images").mkdir(parents=True)
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
         raise RuntimeError("generator crashed")
 
-    mod = types.ModuleType("prostate_course.data.synthetic")
-    mod.generate_cohort = broken
-    monkeypatch.setitem(sys.modules, "prostate_course.data.synthetic", mod)
-    monkeypatch.setenv("PROSTATE_COURSE_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(mod, "generate_cohort", broken)
+    prof = load_profile("smoke", {"data.n_cases": 2})
     with pytest.raises(RuntimeError, match="crashed"):
-        ensure_raw(load_profile("smoke"))
-    assert list((tmp_path / "data" / "raw").iterdir()) == []
+        ensure_raw(prof)
+    monkeypatch.setattr(mod, "generate_cohort", good)
+    raw = ensure_raw(prof)  # not taken for complete: generated again (resumed) into the same folder
+    assert raw.name == "synthetic-n2-s0" and len(fake_generator) == 1
+    assert (raw / "labels" / "clinical_information" / "marksheet.csv").is_file()
 
 
 def test_ensure_raw_picai_missing_says_how_to_download(monkeypatch, tmp_path):

@@ -10,8 +10,6 @@ keyed by its parameters, so the runner and every notebook share one copy::
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -228,12 +226,27 @@ def _synth_name(data: dict) -> str:
     return f"{name}-{config_hash(synth)}" if synth else name
 
 
-def ensure_raw(profile) -> Path:
+def _raw_complete(root: Path) -> bool:
+    """A synthetic raw folder is complete once its marksheet exists (the generator writes it
+    last) and its ``synth_manifest.json``, if any, says so."""
+    if not (root / "labels" / "clinical_information" / "marksheet.csv").is_file() or not (root / "images").is_dir():
+        return False
+    mf = root / "synth_manifest.json"
+    if mf.is_file():
+        try:
+            return json.loads(mf.read_text()).get("status", "complete") == "complete"
+        except json.JSONDecodeError:
+            return False
+    return True
+
+
+def ensure_raw(profile, *, progress: bool = True) -> Path:
     """The raw dataset of ``profile``: generated on first use for synthetic data.
 
     synthetic: ``data_root()/raw/synthetic-n<N>-s<seed>[-<hash of data.synth>]`` made by
-    ``generate_cohort`` (into a temporary folder renamed at the end, so a raw folder exists only
-    when complete). picai: ``data_root()/raw/picai`` must exist (run data_download/picai.py).
+    ``generate_cohort`` with ``data.synth`` (SynthParams overrides); an interrupted generation
+    resumes on the next call (the generator is resumable and writes its marksheet last).
+    picai: ``data_root()/raw/picai`` must exist (run data_download/picai.py).
     """
     p = _profile(profile)
     data = p.data
@@ -241,23 +254,15 @@ def ensure_raw(profile) -> Path:
     raw_root = data_root() / "raw"
     if src == "synthetic":
         target = raw_root / _synth_name(data)
-        if (target / "labels" / "clinical_information" / "marksheet.csv").is_file() and (target / "images").is_dir():
+        if _raw_complete(target):
             return target
         from .synthetic import generate_cohort
 
-        raw_root.mkdir(parents=True, exist_ok=True)
-        for old in raw_root.glob(f".{target.name}.tmp-*"):  # left by an interrupted run
-            shutil.rmtree(old, ignore_errors=True)
-        tmp = raw_root / f".{target.name}.tmp-{uuid.uuid4().hex[:6]}"
-        try:
-            generate_cohort(tmp, int(data["n_cases"]), seed=int(data["seed"]), **(data.get("synth") or {}))
-            if target.exists():  # made meanwhile by another process
-                shutil.rmtree(tmp)
-            else:
-                tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        target.mkdir(parents=True, exist_ok=True)
+        generate_cohort(target, int(data["n_cases"]), seed=int(data["seed"]), progress=progress,
+                        **(data.get("synth") or {}))
+        if not _raw_complete(target):
+            raise RuntimeError(f"the synthetic generator did not finish {target} (no marksheet written)")
         return target
     if src == "picai":
         target = raw_root / "picai"
@@ -272,11 +277,11 @@ def ensure_raw(profile) -> Path:
     raise ValueError(f"profile {p.name!r}: unknown data.source {src!r} (synthetic or picai)")
 
 
-def dataset_key(profile) -> tuple[str, dict]:
+def dataset_key(profile, *, progress: bool = True) -> tuple[str, dict]:
     """The prepared folder name ``<source>-<config_hash>`` and the parameters it hashes."""
     p = _profile(profile)
     data = p.data
-    raw = ensure_raw(p)
+    raw = ensure_raw(p, progress=progress)
     if data["source"] == "synthetic":
         raw_id = {"name": raw.name}
     else:  # real data: identify it by its marksheet and the image folders present
@@ -294,7 +299,7 @@ def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
     Reused when ``data_root()/prepared/<key>/manifest.json`` records the same parameters.
     """
     p = _profile(profile)
-    key, params = dataset_key(p)
+    key, params = dataset_key(p, progress=progress)
     out = data_root() / "prepared" / key
     mf = out / "manifest.json"
     if mf.is_file():
@@ -303,7 +308,7 @@ def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
                 return PreparedDataset(out)
         except (json.JSONDecodeError, FileNotFoundError):
             pass
-    raw = ensure_raw(p)
+    raw = ensure_raw(p, progress=progress)
     data = p.data
     prepare_dataset(
         raw / "images", raw / "labels", out,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -166,6 +167,21 @@ def test_second_run_downloads_nothing(host, tmp_path):
     dl.download(host.url("/f.bin"), dest, md5=md5(PAYLOAD), size=len(PAYLOAD), **FAST)
     dl.download(host.url("/f.bin"), dest, md5=md5(PAYLOAD), size=len(PAYLOAD), **FAST)
     assert host.requests("/f.bin") == 1
+
+
+def test_concurrent_download_refused_and_stale_lock_taken_over(host, tmp_path):
+    host.files["/f.bin"] = PAYLOAD
+    dest = tmp_path / "f.bin"
+    lock = tmp_path / "f.bin.lock"
+    lock.write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(dl.DownloadError, match="another process"):
+        dl.download(host.url("/f.bin"), dest, md5=md5(PAYLOAD), **FAST)
+    assert host.requests("/f.bin") == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(str(dead.pid))     # its process is gone: stale
+    assert dl.download(host.url("/f.bin"), dest, md5=md5(PAYLOAD), **FAST).read_bytes() == PAYLOAD
+    assert not lock.exists()
 
 
 def test_checksum_mismatch_removes_file_and_says_so(host, tmp_path):

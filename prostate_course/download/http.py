@@ -15,11 +15,14 @@ What :func:`download` guarantees:
 - a checksum mismatch removes the file and raises :class:`ChecksumError`;
 - 404 and other client errors, and a host that cannot be reached, raise :class:`DownloadError`
   with a message that says what happened and how to download the file by hand;
+- two processes never write the same ``.part``: a ``<name>.lock`` holding the pid is taken
+  (a lock whose process is gone is taken over);
 - a file already downloaded and verified is not requested again (a small
   ``<name>.verified.json`` sidecar records its size, mtime and md5 so it is not re-hashed).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -212,6 +215,39 @@ def fetch_json(url: str, *, retries: int = 4, backoff: float = 1.0, timeout: flo
             raise DownloadError(_network_message(url, e, manual_hint)) from None
 
 
+@contextlib.contextmanager
+def _download_lock(dest: Path):
+    """Hold ``<dest>.lock`` (our pid) so two processes never append to the same ``.part``.
+
+    A lock left by a process that no longer runs is taken over.
+    """
+    import psutil
+
+    lock = dest.with_name(dest.name + ".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and psutil.pid_exists(pid):
+                raise DownloadError(
+                    f"{dest.name} is being downloaded by another process (pid {pid}); wait for "
+                    f"it to finish, or delete {lock} if that process is not a download.") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    raise DownloadError(f"could not take the lock {lock}")
+
+
 def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
              size: int | None = None, retries: int = 5, backoff: float = 1.0,
              timeout: float = 60.0, chunk_size: int = 1 << 20, progress: bool = True,
@@ -221,13 +257,22 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
     An existing ``dest`` that matches (size/md5, or just exists when neither is given) is
     returned without any request. See the module docstring for the guarantees.
     """
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     md5 = md5.lower() if md5 else None
     if _verify_existing(dest, md5, size, log):
         return dest
+    with _download_lock(dest):
+        if _verify_existing(dest, md5, size, log):  # finished meanwhile by another process
+            return dest
+        return _download(url, dest, md5, size, retries, backoff, timeout, chunk_size, progress,
+                         manual_hint, log)
+
+
+def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size, progress,
+              manual_hint, log) -> Path:
+    from tqdm.auto import tqdm
+
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     t0, start_bytes = time.monotonic(), (part.stat().st_size if part.exists() else 0)

@@ -246,11 +246,16 @@ def read_mask(path: str | os.PathLike) -> sitk.Image:
         arr = arr[..., 0]
     if arr.ndim != 3:
         raise DataReadError(path, f"expected a 3D mask, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise DataReadError(path, "mask contains NaN or infinite values")
-    if arr.min() < 0 or arr.max() > 255:
-        raise DataReadError(path, f"mask values outside 0..255 ({arr.min()}..{arr.max()})")
-    return sitk_from_array_ras(np.rint(arr).astype(np.uint8), nii.affine)
+    if arr.dtype.kind == "f":  # integer masks (the usual case) skip these full-volume passes
+        if not np.all(np.isfinite(arr)):
+            raise DataReadError(path, "mask contains NaN or infinite values")
+        arr = np.rint(arr)
+    if arr.dtype != np.uint8:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi > 255:
+            raise DataReadError(path, f"mask values outside 0..255 ({lo}..{hi})")
+        arr = arr.astype(np.uint8)
+    return sitk_from_array_ras(arr, nii.affine)
 
 
 def geometry_mismatch(img: sitk.Image, ref: sitk.Image, tol_voxels: float = 0.25) -> str | None:

@@ -311,3 +311,44 @@ def test_killed_prepare_leaves_no_partial_case_and_resumes(raw_factory, tmp_path
     rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
     assert rep.n_cases == len(cases) and rep.n_reused == len(finals) and rep.n_new == len(cases) - len(finals)
     assert not list((out / "cases").glob(".tmp-*")) and (out / "manifest.json").is_file()
+
+
+# ------------------------------------------------------------------- label sources
+def test_label_source_fallbacks(raw_factory, tmp_path):
+    """Pooch25 binary lesions -> 1; Bosma22b gland when Guerbet23 is missing; a positive case
+    without any lesion mask is prepared with an empty mask and a warning."""
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    lab = raw / "labels"
+    les = lab / "csPCa_lesion_delineations/human_expert"
+    (les / "Pooch25").mkdir()
+    m = sitk.ReadImage(str(les / "resampled" / "10001_1000001.nii.gz"))
+    sitk.WriteImage(sitk.Cast(m > 0, sitk.sitkUInt8), str(les / "Pooch25" / "10001_1000001.nii.gz"))
+    (les / "resampled" / "10001_1000001.nii.gz").unlink()
+    (les / "resampled" / "10002_1000003.nii.gz").unlink()  # positive, no mask anywhere
+    gl = lab / "anatomical_delineations/whole_gland/AI"
+    (gl / "Bosma22b").mkdir()
+    (gl / "Guerbet23" / "10001_1000002.nii.gz").rename(gl / "Bosma22b" / "10001_1000002.nii.gz")
+    out = tmp_path / "ds"
+    rep = prepare_dataset(raw / "images", lab, out, crop=(8, 32, 32), workers=1, progress=False)
+    t = pd.read_csv(out / "cases.csv", dtype={"case_id": str}).set_index("case_id")
+    assert t.loc["10001_1000001", "lesion_source"] == "Pooch25" and t.loc["10001_1000001", "lesion_max"] == 1
+    assert t.loc["10001_1000002", "gland_source"] == "Bosma22b"
+    assert t.loc["10002_1000003", "lesion_source"] == "none" and t.loc["10002_1000003", "lesion_voxels"] == 0
+    assert "csPCa-positive case without a lesion mask" in t.loc["10002_1000003", "warnings"]
+    assert any("10002_1000003" in w for w in rep.warnings) and rep.bad.empty
+
+
+# ------------------------------------------------------------- with the real generator
+def test_prepare_synthetic_cohort(tmp_path):
+    """The synthetic generator's raw layout prepares without bad cases; lesions survive the crop."""
+    from prostate_course.data.synthetic import generate_cohort
+
+    raw = generate_cohort(tmp_path / "raw", 12, seed=3, workers=1, progress=False)
+    rep = prepare_dataset(raw / "images", raw / "labels", tmp_path / "ds", workers=2, progress=False)
+    assert rep.bad.empty and rep.n_cases == 12
+    t = pd.read_csv(tmp_path / "ds" / "cases.csv", dtype={"case_id": str, "pirads_reports": str})
+    assert (t["gland_source"] == "Guerbet23").all() and (t["gland_in_crop"] > 0.75).all()  # cpu crop 48x64x64 mm cuts some glands
+    pos = t[t.case_csPCa == 1]
+    assert len(pos) > 0 and (pos["lesion_voxels"] > 0).all() and (pos["lesion_max"] >= 2).all()
+    assert (t.loc[t.case_csPCa == 0, "lesion_voxels"] == 0).all()
+    assert t["n_reports"].max() > 1  # the simulated reader study is kept

@@ -352,3 +352,35 @@ def test_prepare_synthetic_cohort(tmp_path):
     assert len(pos) > 0 and (pos["lesion_voxels"] > 0).all() and (pos["lesion_max"] >= 2).all()
     assert (t.loc[t.case_csPCa == 0, "lesion_voxels"] == 0).all()
     assert t["n_reports"].max() > 1  # the simulated reader study is kept
+
+
+def test_ctrl_c_cleans_up_parallel_prepare(raw_factory, tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C does) mid-run: no temporaries remain."""
+    cases = DEFAULT_CASES + tuple((f"3000{i}", f"300000{i}", 2 * (i % 2), 0.0, (0.0, 0.0, 0.0), True) for i in range(4))
+    raw = raw_factory(cases=cases)
+    out = tmp_path / "ds"
+    script = _SLOW_PREPARE.replace("workers=1", "workers=2")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(raw / "images"), str(raw / "labels"), str(out)],
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            done = [d for d in (out / "cases").glob("*") if not d.name.startswith(".")] if (out / "cases").is_dir() else []
+            if len(done) >= 2 and list((out / "cases").glob(".tmp-*")):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.02)
+        else:
+            pytest.fail("prepare did not reach two cases in time")
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in proc.stderr.read()
+    assert not list((out / "cases").glob(".tmp-*")) and not (out / "manifest.json").exists()
+    for d in (out / "cases").iterdir():
+        assert all((d / f).is_file() for f in CASE_FILES)
+    rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    assert rep.n_cases == len(cases)

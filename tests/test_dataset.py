@@ -158,3 +158,13 @@ def test_ensure_raw_picai_missing_says_how_to_download(monkeypatch, tmp_path):
         ensure_raw(load_profile("full"))
     with pytest.raises(ValueError, match="unknown data.source"):
         ensure_raw(load_profile("smoke", {"data.source": "mnist"}))
+
+
+def test_public_data_api_resolves():
+    import prostate_course.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    assert data.SliceSet is __import__("prostate_course.data.dataset", fromlist=["SliceSet"]).SliceSet
+    with pytest.raises(AttributeError):
+        data.no_such_name

@@ -145,6 +145,7 @@ class PreparedDataset:
         self.table = read_cases_table(self.root / "cases.csv")
         self.manifest = json.loads((self.root / "manifest.json").read_text())
         self._cache = None
+        self._index: dict = {}
 
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.root)!r}, {len(self.table)} cases)"
@@ -158,7 +159,7 @@ class PreparedDataset:
             c = torch.load(self.root / "cache.pt", map_location="cpu", weights_only=True)
             if list(c["case_ids"]) != list(self.table["case_id"]):
                 raise ValueError(f"{self.root}: cache.pt and cases.csv list different cases; re-run prepare")
-            c["index"] = {cid: i for i, cid in enumerate(c["case_ids"])}
+            self._index = {cid: i for i, cid in enumerate(c["case_ids"])}
             self._cache = c
         return self._cache
 
@@ -178,7 +179,7 @@ class PreparedDataset:
     def _rows(self, split, case_ids):
         ids = _select(self.table, split, case_ids)
         c = self.cache()
-        idx = torch.tensor([c["index"][i] for i in ids], dtype=torch.long)
+        idx = torch.tensor([self._index[i] for i in ids], dtype=torch.long)
         t = self.table.set_index("case_id").loc[ids]
         return ids, idx, t
 

@@ -98,7 +98,7 @@ def assign_splits(
     for s in ("train", "val", "test"):
         sel = out["split"] == s
         if sel.any() and out.loc[sel, "case_csPCa"].sum() == 0:
-            warnings.warn(f"split {s!r} has no csPCa-positive case (only {int(pats.sum())} positive patients)")
+            warnings.warn(f"split {s!r} has no csPCa-positive case (only {int(pats.sum())} positive patients)", stacklevel=2)
     return out
 
 
@@ -130,7 +130,7 @@ def label_budget(table: pd.DataFrame, fraction: float, seed: int = 0, split: str
             k = min(len(ids), max(1, int(math.floor(fraction * len(ids) + 0.5))))
             keep.update(ids[:k])
     if pats.sum() == 0:
-        warnings.warn(f"label_budget: split {split!r} has no csPCa-positive patient")
+        warnings.warn(f"label_budget: split {split!r} has no csPCa-positive patient", stacklevel=2)
     return [c for c, p in zip(sub["case_id"], sub["patient_id"]) if p in keep]
 
 

@@ -58,6 +58,13 @@ def test_small_cohort_every_split_has_positives():
         assert t.loc[t.split == s, "case_csPCa"].sum() > 0, s
 
 
+def test_three_positive_patients_reach_every_split():
+    t = pd.DataFrame(dict(case_id=[f"{i}_1" for i in range(12)], patient_id=[str(i) for i in range(12)],
+                          case_csPCa=[1, 1, 1] + [0] * 9))
+    out = assign_splits(t, seed=0)
+    assert out.groupby("split")["case_csPCa"].sum().to_dict() == {"test": 1, "train": 1, "val": 1}
+
+
 def test_tiny_cohort_warns_instead_of_failing():
     t = pd.DataFrame(dict(case_id=["a_1", "b_1", "c_1", "d_1"], patient_id=list("abcd"), case_csPCa=[1, 0, 0, 0]))
     with warnings.catch_warnings(record=True):

@@ -39,7 +39,10 @@ def _group_kfold_pick(patients: pd.Series, fraction: float, seed: int) -> set:
         for label in (0, 1):
             ids = np.array(patients.index[y == label], dtype=object)
             rng.shuffle(ids)
-            chosen += list(ids[: int(round(len(ids) * fraction))])
+            k = int(round(len(ids) * fraction))
+            if k == 0 and len(ids) >= 2:  # give every split a positive while one stays behind
+                k = 1
+            chosen += list(ids[:k])
         return set(chosen)
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, pick = next(iter(cv.split(np.zeros(len(y)), y, groups=np.arange(len(y)))))

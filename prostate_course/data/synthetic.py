@@ -82,6 +82,7 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -930,7 +931,11 @@ def generate_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, *,
         else:
             import multiprocessing as mp
 
-            with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
+            # fork on Linux: works from notebooks and from scripts without a __main__ guard; the
+            # workers use only numpy/SimpleITK (no torch, no thread pools inherited in use).
+            # Elsewhere (macOS, Windows) fork is unsafe or absent: spawn.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            with mp.get_context(method).Pool(workers) as pool:
                 for _, _, wrote in pool.imap_unordered(_write_case, jobs, chunksize=1):
                     n_written += wrote
                     bar.update()

@@ -19,6 +19,7 @@ import torch
 
 from conftest import DEFAULT_CASES, PICAI_LABELS
 from prostate_course.data import readers
+from prostate_course.data.readers import DataReadError
 from prostate_course.data.prepare import (
     CASE_FILES, PrepareError, crop_grid, gland_centre, prepare_dataset, zscore_clip,
 )
@@ -384,3 +385,28 @@ def test_ctrl_c_cleans_up_parallel_prepare(raw_factory, tmp_path):
         assert all((d / f).is_file() for f in CASE_FILES)
     rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
     assert rep.n_cases == len(cases)
+
+
+def test_two_prepares_at_once_on_one_folder(raw_factory, tmp_path):
+    """Two notebooks preparing the same dataset at once: serialised by the lock, both succeed."""
+    raw = raw_factory()
+    out = tmp_path / "ds"
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(raw / "images"), str(raw / "labels"), str(out)],
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()
+    assert pd.read_csv(out / "bad_cases.csv").empty and len(pd.read_csv(out / "cases.csv")) == 4
+    assert not list((out / "cases").glob(".tmp-*"))
+
+
+def test_bad_parameters_rejected(raw_cohort, tmp_path):
+    with pytest.raises(ValueError, match="spacing"):
+        prepare_dataset(raw_cohort / "images", raw_cohort / "labels", tmp_path / "x", spacing=(3, 1))
+    with pytest.raises(ValueError, match="crop"):
+        prepare_dataset(raw_cohort / "images", raw_cohort / "labels", tmp_path / "x", crop=(0, 64, 64))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(DataReadError, match="images folder not found"):
+        prepare_dataset(tmp_path / "nope", raw_cohort / "labels", tmp_path / "y")
+    with pytest.raises(DataReadError, match="marksheet not found"):
+        prepare_dataset(raw_cohort / "images", tmp_path, tmp_path / "y")
+    assert not (tmp_path / "y").exists()

@@ -29,6 +29,7 @@ Reference: Saha et al., PI-CAI, Lancet Oncology 2024; picai_prep (DIAGNijmegen) 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -333,13 +334,57 @@ def prepare_dataset(
     ``spacing`` (mm) and ``crop`` (voxels) are (z, y, x). ``workers`` defaults to min(4, CPUs).
     Bad cases are skipped and listed in ``bad_cases.csv``; ``strict=True`` raises
     :class:`PrepareError` at the first one. ``max_cases`` keeps the first N cases (sorted ids).
+    Two calls on one ``out`` folder (two notebooks at once) are serialised by a lock file.
     """
-    t0 = time.perf_counter()
-    raw_images, labels, out = Path(raw_images), Path(labels), Path(out)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {spacing}")
     if len(crop) != 3 or min(crop) < 1:
         raise ValueError(f"crop must be 3 positive integers (z, y, x), got {crop}")
+    if not Path(raw_images).is_dir():
+        raise DataReadError(raw_images, "images folder not found")
+    if not (Path(labels) / readers.MARKSHEET).is_file():
+        raise DataReadError(Path(labels) / readers.MARKSHEET, "marksheet not found")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out / ".lock"):
+        return _prepare_unlocked(
+            raw_images, labels, out, spacing=spacing, crop=crop, workers=workers, strict=strict,
+            seed=seed, progress=progress, max_cases=max_cases, extra_manifest=extra_manifest)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An advisory lock held for the whole prepare (POSIX flock; a no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: single-user machines; concurrent prepares are not expected
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _prepare_unlocked(
+    raw_images: str | os.PathLike,
+    labels: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    spacing=(3.0, 1.0, 1.0),
+    crop=(16, 64, 64),
+    workers: int | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    max_cases: int | None = None,
+    extra_manifest: dict | None = None,
+) -> PrepareReport:
+    """The body of :func:`prepare_dataset`, run under its lock."""
+    t0 = time.perf_counter()
+    raw_images, labels, out = Path(raw_images), Path(labels), Path(out)
     params = prepare_params(spacing, crop, seed, max_cases)
     marksheet = readers.read_marksheet(labels / readers.MARKSHEET)
     case_ids = readers.list_cases(raw_images)

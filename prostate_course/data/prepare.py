@@ -260,6 +260,8 @@ def _process(case_id, images_root, labels_root, spacing, crop, case_csPCa):
         gland_in_crop = float(np.count_nonzero(arrays["gland"]) * vox_ratio / n_ref)
         if gland_in_crop < 0.95:
             warn.append(f"crop holds {gland_in_crop:.0%} of the gland")
+    if lesion is not None and not arrays["lesions"].any() and sitk.GetArrayViewFromImage(lesion).any():
+        warn.append("the lesion lies outside the crop")
     meta = dict(
         case_id=case_id,
         gland_source=lab.gland_source,
@@ -279,7 +281,6 @@ def _process(case_id, images_root, labels_root, spacing, crop, case_csPCa):
 def _case_job(args):
     """Worker entry point: returns ("ok", case_id, meta) or ("bad", case_id, file, reason)."""
     case_id, images_root, labels_root, cases_dir, spacing, crop, cs = args
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)  # one process per core already
     try:
         return ("ok", case_id, prepare_case(case_id, images_root, labels_root, cases_dir,
                                             spacing=spacing, crop=crop, case_csPCa=cs))
@@ -287,6 +288,10 @@ def _case_job(args):
         return ("bad", case_id, e.file, e.reason)
     except Exception as e:  # an unexpected failure is a bad case too, reported with its type
         return ("bad", case_id, "", f"{type(e).__name__}: {e}")
+
+
+def _init_worker() -> None:
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)  # one process per core already
 
 
 def is_finished(case_dir: Path) -> bool:
@@ -441,7 +446,7 @@ def _prepare_unlocked(
             import multiprocessing as mp
 
             ctx = mp.get_context("fork") if sys.platform.startswith("linux") else None
-            ex = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+            ex = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker)
             try:
                 pending = {ex.submit(_case_job, j) for j in jobs}
                 while pending:

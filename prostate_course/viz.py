@@ -435,18 +435,19 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (c - h, c + h)
 
 
-def plot_reader_agreement(df: pd.DataFrame, axes=None):
+def plot_reader_agreement(df: pd.DataFrame, axes=None, min_cases: int = 10):
     """Left: Cohen's kappa for every reader pair (heat map). Right: how the other readers scored
     a case, by the first reader's PI-RADS: the spread is widest at PI-RADS 3.
 
     Needs ``pirads_reports`` with >= 2 reports for some cases (real PI-CAI has one routine
-    report per case: then a ValueError says so). Returns (axes, kappa table).
+    report per case: then a ValueError says so). Reader pairs with fewer than ``min_cases``
+    shared cases are left out. Returns (axes, kappa table).
     """
     import matplotlib.pyplot as plt
 
     from .data.synthetic import reader_agreement
 
-    kap = reader_agreement(df)
+    kap = reader_agreement(df, min_cases=min_cases)
     if kap.empty:
         raise ValueError("no cases with two or more PI-RADS reports: reader agreement cannot be "
                          "measured (real PI-CAI has one routine report per case)")

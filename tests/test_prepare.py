@@ -42,6 +42,18 @@ def _world_centroid_sitk(img: sitk.Image, mask_zyx: np.ndarray) -> np.ndarray:
     return pts.mean(0)
 
 
+def _assert_cache_matches_nifti(out: Path) -> None:
+    """Row i of cache.pt is case_ids[i]'s NIfTI files (images to float16 precision)."""
+    c = torch.load(out / "cache.pt", weights_only=True)
+    assert c["case_ids"] == pd.read_csv(out / "cases.csv", dtype={"case_id": str})["case_id"].tolist()
+    for i, case in enumerate(c["case_ids"]):
+        d = out / "cases" / case
+        img = np.asarray(nib.load(str(d / "image.nii.gz")).dataobj).transpose(3, 2, 1, 0)
+        np.testing.assert_array_equal(c["images"][i].numpy(), img.astype(np.float16))
+        for k in ("lesions", "gland", "zones"):
+            np.testing.assert_array_equal(c[k][i].numpy(), np.asarray(nib.load(str(d / f"{k}.nii.gz")).dataobj).transpose(2, 1, 0))
+
+
 # ---------------------------------------------------------------------------- geometry
 def test_prepared_sequences_share_one_grid(prepared_cohort):
     for case in (p.name for p in (prepared_cohort / "cases").iterdir()):
@@ -191,6 +203,7 @@ def test_parallel_equals_serial(raw_factory, tmp_path):
     assert a.n_cases == b.n_cases == 4
     ca, cb = (torch.load(p / "cache.pt", weights_only=True) for p in (tmp_path / "a", tmp_path / "b"))
     assert torch.equal(ca["images"], cb["images"]) and torch.equal(ca["lesions"], cb["lesions"])
+    _assert_cache_matches_nifti(tmp_path / "b")
 
 
 # ------------------------------------------------------------------------- bad inputs
@@ -238,6 +251,7 @@ def test_bad_case_is_reported_and_skipped(raw_factory, tmp_path, kind):
     assert bad["case_id"].tolist() == [case]
     assert bad["file"][0] == str(file) and reason in bad["reason"][0]
     assert rep.n_cases == 2 and not (out / "cases" / case).exists()
+    _assert_cache_matches_nifti(out)
     assert case not in pd.read_csv(out / "cases.csv", dtype={"case_id": str})["case_id"].tolist()
     assert not list((out / "cases").glob(".tmp-*"))
 
@@ -312,6 +326,7 @@ def test_killed_prepare_leaves_no_partial_case_and_resumes(raw_factory, tmp_path
     rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
     assert rep.n_cases == len(cases) and rep.n_reused == len(finals) and rep.n_new == len(cases) - len(finals)
     assert not list((out / "cases").glob(".tmp-*")) and (out / "manifest.json").is_file()
+    _assert_cache_matches_nifti(out)  # resumed cases read back, new ones from the workers
 
 
 # ------------------------------------------------------------------- label sources

@@ -166,8 +166,11 @@ def prepare_case(
     spacing=(3.0, 1.0, 1.0),
     crop=(16, 64, 64),
     case_csPCa: int | None = None,
-) -> dict:
-    """Prepare one case into ``cases_dir/<case_id>/``; returns its meta dict.
+    return_arrays: bool = False,
+):
+    """Prepare one case into ``cases_dir/<case_id>/``; returns its meta dict (and, with
+    ``return_arrays``, the cache arrays: image float16 (3, D, H, W), gland/zones/lesions uint8
+    (D, H, W)).
 
     Raises :class:`CaseError` (case, file, reason) for a bad case; nothing is left behind then.
     """
@@ -185,6 +188,10 @@ def prepare_case(
             shutil.rmtree(tmp)
         else:
             os.rename(tmp, final)
+        if return_arrays:
+            cache = {"images": np.stack(arrays["image"]).astype(np.float16)}
+            cache.update({k: arrays[k] for k in ("gland", "zones", "lesions")})
+            return meta, cache
         return meta
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -279,11 +286,12 @@ def _process(case_id, images_root, labels_root, spacing, crop, case_csPCa):
 
 
 def _case_job(args):
-    """Worker entry point: returns ("ok", case_id, meta) or ("bad", case_id, file, reason)."""
+    """Worker entry point: ("ok", case_id, meta, arrays) or ("bad", case_id, file, reason)."""
     case_id, images_root, labels_root, cases_dir, spacing, crop, cs = args
     try:
-        return ("ok", case_id, prepare_case(case_id, images_root, labels_root, cases_dir,
-                                            spacing=spacing, crop=crop, case_csPCa=cs))
+        meta, arrays = prepare_case(case_id, images_root, labels_root, cases_dir, spacing=spacing,
+                                    crop=crop, case_csPCa=cs, return_arrays=True)
+        return ("ok", case_id, meta, arrays)
     except CaseError as e:
         return ("bad", case_id, e.file, e.reason)
     except Exception as e:  # an unexpected failure is a bad case too, reported with its type
@@ -430,8 +438,16 @@ def _prepare_unlocked(
 
     bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=not progress)
 
+    row = {c: i for i, c in enumerate(case_ids)}
+    buffers: dict = {}  # the cache, filled as cases arrive (no second read of the new cases)
+    filled: set = set()
+
     def handle(res):
         bar.update(1)
+        if res[0] == "ok":
+            _, c, _, arrays = res
+            _fill(buffers, len(case_ids), row[c], arrays)
+            filled.add(c)
         if res[0] == "bad":
             _, c, f, reason = res
             bad.append(dict(case_id=c, file=f, reason=reason))
@@ -465,7 +481,7 @@ def _prepare_unlocked(
     table = _build_table(out, prepared, ms, seed)
     with atomic_path(out / "cases.csv") as tmp:
         table.to_csv(tmp, index=False)
-    _write_cache(out, prepared)
+    _write_cache(out, prepared, buffers, row, filled)
     bad_df = pd.DataFrame(bad, columns=["case_id", "file", "reason"])
     with atomic_path(out / "bad_cases.csv") as tmp:
         bad_df.to_csv(tmp, index=False)
@@ -514,28 +530,47 @@ def _build_table(out: Path, prepared: list[str], ms: pd.DataFrame, seed: int) ->
     return t[_TABLE_FIRST + rest]
 
 
-def _write_cache(out: Path, prepared: list[str]) -> None:
-    """cache.pt: images float16 (N, 3, D, H, W); lesions/gland/zones uint8 (N, D, H, W); case_ids.
-
-    Filled case by case into preallocated tensors: peak memory ~ the cache itself (1000 cases
-    at 20 x 128 x 128 are ~2 GB in float16).
-    """
-    import nibabel as nib
+def _fill(buffers: dict, n: int, i: int, arrays: dict) -> None:
+    """Put one case's arrays into row ``i`` of the cache tensors (allocated on first use)."""
     import torch
 
-    cache = None
-    for i, c in enumerate(prepared):
-        d = out / "cases" / c
-        img = np.asarray(nib.load(str(d / "image.nii.gz")).dataobj, dtype=np.float32).transpose(3, 2, 1, 0)
-        if cache is None:
-            n = len(prepared)
-            cache = {"images": torch.empty((n, *img.shape), dtype=torch.float16)}
-            for k in ("lesions", "gland", "zones"):
-                cache[k] = torch.empty((n, *img.shape[1:]), dtype=torch.uint8)
-        cache["images"][i] = torch.from_numpy(np.ascontiguousarray(img))
+    if not buffers:
+        buffers["images"] = torch.zeros((n, *arrays["images"].shape), dtype=torch.float16)
         for k in ("lesions", "gland", "zones"):
-            m = np.asarray(nib.load(str(d / f"{k}.nii.gz")).dataobj, dtype=np.uint8).transpose(2, 1, 0)
-            cache[k][i] = torch.from_numpy(np.ascontiguousarray(m))
+            buffers[k] = torch.zeros((n, *arrays[k].shape), dtype=torch.uint8)
+    for k in ("images", "lesions", "gland", "zones"):
+        buffers[k][i] = torch.from_numpy(np.ascontiguousarray(arrays[k]))
+
+
+def _read_case_arrays(d: Path) -> dict:
+    import nibabel as nib
+
+    out = {"images": np.asarray(nib.load(str(d / "image.nii.gz")).dataobj, dtype=np.float32)
+           .transpose(3, 2, 1, 0).astype(np.float16)}
+    for k in ("lesions", "gland", "zones"):
+        out[k] = np.asarray(nib.load(str(d / f"{k}.nii.gz")).dataobj, dtype=np.uint8).transpose(2, 1, 0)
+    return out
+
+
+def _write_cache(out: Path, prepared: list[str], buffers: dict, row: dict, filled: set) -> None:
+    """cache.pt: images float16 (N, 3, D, H, W); lesions/gland/zones uint8 (N, D, H, W); case_ids.
+
+    Cases prepared in this call are already in ``buffers`` (rows ``row[case_id]``); cases
+    finished by an earlier call are read back from their NIfTI files. Peak memory ~ the cache
+    itself (1000 cases at 20 x 128 x 128 are ~2 GB in float16), twice that only when some cases
+    were bad (the rows of the prepared ones are then gathered).
+    """
+    import torch
+
+    for c in prepared:
+        if c not in filled:
+            _fill(buffers, len(row), row[c], _read_case_arrays(out / "cases" / c))
+    idx = [row[c] for c in prepared]
+    if idx == list(range(len(row))):
+        cache = dict(buffers)
+    else:
+        sel = torch.tensor(idx, dtype=torch.long)
+        cache = {k: v.index_select(0, sel) for k, v in buffers.items()}
     cache["case_ids"] = list(prepared)
     with atomic_path(out / "cache.pt") as tmp:
         torch.save(cache, tmp)

@@ -77,6 +77,9 @@ def _kernel_env() -> dict:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     env.setdefault("MPLBACKEND", "Agg")
+    # Executed copies are read later without a live kernel: widgets would show nothing there,
+    # so viewers draw their static figure instead.
+    env.setdefault("PROSTATE_COURSE_STATIC", "1")
     return env
 
 

@@ -28,6 +28,7 @@ def _env(root: Path) -> dict:
     env["PROSTATE_COURSE_RUNS"] = str(root / "runs")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["MPLBACKEND"] = "Agg"
+    env["PROSTATE_COURSE_STATIC"] = "1"
     return env
 
 

@@ -110,6 +110,7 @@ def fake_generator(monkeypatch, tmp_path):
 
     mod = types.ModuleType("prostate_course.data.synthetic")
     mod.generate_cohort = generate_cohort
+    mod.GENERATOR_VERSION = 2
     monkeypatch.setitem(sys.modules, "prostate_course.data.synthetic", mod)
     monkeypatch.setenv("PROSTATE_COURSE_DATA", str(tmp_path / "data"))
     return calls
@@ -119,7 +120,7 @@ def test_ensure_dataset_makes_then_reuses(fake_generator, tmp_path):
     prof = load_profile("smoke", {"data.n_cases": 4, "data.crop": [8, 32, 32]})
     ds = ensure_dataset(prof, workers=1, progress=False)
     assert ds.root.parent == tmp_path / "data" / "prepared" and ds.root.name.startswith("synthetic-")
-    assert (tmp_path / "data" / "raw" / "synthetic-n4-s0" / "images").is_dir()
+    assert (tmp_path / "data" / "raw" / "synthetic-n4-s0-g2" / "images").is_dir()
     assert len(ds.table) == 4 and fake_generator == [(4, 0, {})]
     m = json.loads((ds.root / "manifest.json").read_text())
     assert m["profile"] == "smoke" and m["key"] == ds.root.name
@@ -148,7 +149,7 @@ def test_ensure_raw_resumes_an_interrupted_generation(fake_generator, monkeypatc
         ensure_raw(prof)
     monkeypatch.setattr(mod, "generate_cohort", good)
     raw = ensure_raw(prof)  # not taken for complete: generated again (resumed) into the same folder
-    assert raw.name == "synthetic-n2-s0" and len(fake_generator) == 1
+    assert raw.name == "synthetic-n2-s0-g2" and len(fake_generator) == 1
     assert (raw / "labels" / "clinical_information" / "marksheet.csv").is_file()
 
 

@@ -222,7 +222,11 @@ def _profile(profile):
 
 
 def _synth_name(data: dict) -> str:
-    name = f"synthetic-n{int(data['n_cases'])}-s{int(data['seed'])}"
+    """Folder of a synthetic cohort: size, seed, generator version (a new generator version
+    never reuses a cohort made by an older one) and a hash of any ``data.synth`` overrides."""
+    from .synthetic import GENERATOR_VERSION
+
+    name = f"synthetic-n{int(data['n_cases'])}-s{int(data['seed'])}-g{GENERATOR_VERSION}"
     synth = data.get("synth") or {}
     return f"{name}-{config_hash(synth)}" if synth else name
 

@@ -8,6 +8,7 @@ failing cell. At the end it writes ``runs/<profile>/report.md`` from the results
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -147,10 +148,21 @@ def run_course(profile: str | Profile, only: list[str] | None = None, overrides:
             raise
         echo(f" ok ({run.wall_s:.0f} s)")
         runs.append(run)
+        _record_wall_time(prof.name, run)
     report = write_report(prof.name)
     echo(f"executed notebooks: {out_dir}")
     echo(f"report: {report}")
     return runs
+
+
+def _record_wall_time(profile: str, run: NotebookRun) -> None:
+    """Keep the runner's own wall time per notebook (kernel start and imports included)."""
+    from .io_utils import write_json_atomic
+
+    path = run_root(profile) / "runner_times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[run.stem] = round(run.wall_s, 1)
+    write_json_atomic(path, times)
 
 
 def echo(*args, **kwargs) -> None:
@@ -162,7 +174,7 @@ def _fmt(v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return f"{v:.3g}"
     return str(v)
 
 
@@ -183,8 +195,13 @@ def write_report(profile: str) -> Path:
     from .io_utils import write_text_atomic
 
     results = load_results(results_dir(profile)) if results_dir(profile).is_dir() else {}
-    parts = [f"# prostate-course report: profile `{profile}`", ""]
+    times_path = run_root(profile) / "runner_times.json"
+    runner_times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    parts = [f"# prostate-course report: profile `{profile}`", "",
+             "`wall_s`: the notebook's own time from its setup cell; `runner_wall_s`: the whole "
+             "papermill execution (kernel start and imports included).", ""]
     summary = [{"notebook": k, "device": r["device"], "wall_s": r["wall_s"],
+                "runner_wall_s": runner_times.get(k),
                 "peak_rss_mb": r["peak_rss_mb"], "peak_gpu_mb": r["peak_gpu_mb"],
                 "rows": len(r["rows"]), "unavailable": len(r["unavailable"]),
                 "stand_ins": len(r["stand_ins"])} for k, r in results.items()]

@@ -77,7 +77,6 @@ def _kernel_env() -> dict:
     # The "python3" kernelspec runs `python` from PATH: make it this interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    env.setdefault("MPLBACKEND", "Agg")
     # Executed copies are read later without a live kernel: widgets would show nothing there,
     # so viewers draw their static figure instead.
     env.setdefault("PROSTATE_COURSE_STATIC", "1")

@@ -27,7 +27,6 @@ def _env(root: Path) -> dict:
     env["PROSTATE_COURSE_DATA"] = str(root / "data")
     env["PROSTATE_COURSE_RUNS"] = str(root / "runs")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["MPLBACKEND"] = "Agg"
     env["PROSTATE_COURSE_STATIC"] = "1"
     return env
 

@@ -43,10 +43,19 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _user_error(e: BaseException) -> int:
+    """One-line message for an input the user can fix (bad folder, other settings, bad case)."""
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
 def cmd_synth(args) -> int:
     from .data.synthetic import generate_cohort
 
-    out = generate_cohort(args.out, n_cases=args.cases, seed=args.seed, workers=args.workers)
+    try:
+        out = generate_cohort(args.out, n_cases=args.cases, seed=args.seed, workers=args.workers)
+    except (ValueError, TypeError, OSError) as e:
+        return _user_error(e)
     print(f"synthetic cohort of {args.cases} cases (seed {args.seed}) in {out}")
     return 0
 
@@ -60,12 +69,22 @@ def _triple(text: str) -> tuple:
     return tuple(float(p) for p in parts)
 
 
-def cmd_prepare(args) -> int:
-    from .data.prepare import prepare_dataset
+def _int_triple(text: str) -> tuple:
+    values = _triple(text)
+    if any(v != int(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers (voxels), got {text!r}")
+    return tuple(int(v) for v in values)
 
-    report = prepare_dataset(args.raw, args.labels, args.out, spacing=args.spacing,
-                             crop=tuple(int(v) for v in args.size), workers=args.workers,
-                             strict=args.strict, seed=args.seed, max_cases=args.max_cases)
+
+def cmd_prepare(args) -> int:
+    from .data.prepare import PrepareError, prepare_dataset
+
+    try:
+        report = prepare_dataset(args.raw, args.labels, args.out, spacing=args.spacing,
+                                 crop=args.size, workers=args.workers,
+                                 strict=args.strict, seed=args.seed, max_cases=args.max_cases)
+    except (ValueError, PrepareError, OSError) as e:  # DataReadError is a ValueError
+        return _user_error(e)
     print(report)
     return 0
 
@@ -120,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--labels", required=True, help="a picai_labels folder")
     pr.add_argument("--out", required=True)
     pr.add_argument("--spacing", type=_triple, default=(3.0, 1.0, 1.0), help="mm, z,y,x (default 3,1,1)")
-    pr.add_argument("--size", type=_triple, default=(16, 64, 64), help="crop in voxels, z,y,x (default 16,64,64)")
+    pr.add_argument("--size", type=_int_triple, default=(16, 64, 64), help="crop in voxels, z,y,x (default 16,64,64)")
     pr.add_argument("--workers", type=int, default=None)
     pr.add_argument("--seed", type=int, default=0, help="seed of the splits")
     pr.add_argument("--max-cases", type=int, default=None)

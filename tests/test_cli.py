@@ -47,3 +47,22 @@ def test_prepare_end_to_end(synth_raw, tmp_path, capsys):
         warnings.simplefilter("ignore")
         assert cli.main(argv) == 0
     assert "0 new, 3 reused" in capsys.readouterr().out
+
+
+def test_cli_user_errors_are_messages_not_tracebacks(synth_raw, tmp_path, capsys):
+    # missing images folder: named in a one-line error, exit code 2
+    rc = cli.main(["prepare", "--raw", str(tmp_path / "nope" / "images"), "--labels",
+                   str(synth_raw / "labels"), "--out", str(tmp_path / "ds")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "nope" in err and "Traceback" not in err
+    # the same folder with other settings: refused with a message
+    rc = cli.main(["synth", "--cases", "4", "--seed", "5", "--out", str(synth_raw), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "other settings" in err
+
+
+def test_prepare_size_must_be_integers(synth_raw, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prepare", "--raw", str(synth_raw / "images"), "--labels", str(synth_raw / "labels"),
+                  "--out", str(tmp_path / "ds"), "--size", "8.5,32,32"])
+    assert e.value.code == 2 and "integer" in capsys.readouterr().err

@@ -196,6 +196,20 @@ def test_rerun_is_idempotent(raw_factory, tmp_path):
         prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 16, 16), workers=1, progress=False)
 
 
+def test_damaged_case_folder_is_redone_not_dropped(raw_factory, tmp_path):
+    """A finished case folder that lost a file (disk error, a user's rm) is prepared again on
+    the next run; it used to be kept as it was and silently left out of the dataset."""
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    out = tmp_path / "ds"
+    prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    (out / "cases" / "10001_1000001" / "zones.nii.gz").unlink()
+    rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    assert (rep.n_cases, rep.n_new, rep.n_reused) == (3, 1, 2)
+    assert all((out / "cases" / "10001_1000001" / f).is_file() for f in CASE_FILES)
+    assert "10001_1000001" in pd.read_csv(out / "cases.csv", dtype={"case_id": str})["case_id"].tolist()
+    _assert_cache_matches_nifti(out)
+
+
 def test_parallel_equals_serial(raw_factory, tmp_path):
     raw = raw_factory()
     a = prepare_dataset(raw / "images", raw / "labels", tmp_path / "a", crop=(8, 32, 32), workers=1, progress=False)

@@ -184,9 +184,13 @@ def prepare_case(
         for name in ("gland", "zones", "lesions"):
             _nifti(arrays[name], grid, tmp / f"{name}.nii.gz")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():  # finished meanwhile by another run: keep that one
+        if is_finished(final):  # finished meanwhile by another run: keep that one
             shutil.rmtree(tmp)
         else:
+            if final.exists():  # a damaged folder (a file lost): move it aside, then replace it
+                stale = cases_dir / f"{TMP_PREFIX}stale-{case_id}-{uuid.uuid4().hex[:6]}"
+                os.rename(final, stale)
+                shutil.rmtree(stale, ignore_errors=True)
             os.rename(tmp, final)
         if return_arrays:
             cache = {"images": np.stack(arrays["image"]).astype(np.float16)}

@@ -289,6 +289,8 @@ def test_zip_slip_refused_before_writing(tmp_path, bad):
     [("top/a", "file", b"x"), ("top/hard", "hard", "../outside")],
     [("top/a", "file", b"x"), ("../top/b", "file", b"y")],
     [("top/a", "file", b"x"), ("/abs/b", "file", b"y")],
+    # each link stays inside on its own, but "up/.." follows top/up (the root) and then climbs out
+    [("top/up", "sym", ".."), ("top/x", "sym", "up/..")],
 ])
 def test_tar_unsafe_members_refused(tmp_path, members):
     t = make_tar(tmp_path / "a.tar.gz", members)

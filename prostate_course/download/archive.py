@@ -87,17 +87,48 @@ def _safe_parts(name: str, archive: Path) -> list[str]:
     return parts
 
 
-def _check_symlink(path: str, target: str, archive: Path, name: str) -> None:
+def _check_symlink(path: str, target: str, archive: Path, name: str,
+                   links: dict[str, str] | None = None) -> None:
+    """Refuse a symlink whose target is absolute or leads outside the extraction folder.
+
+    The target is followed component by component, through the archive's other symlinks
+    (``links``: member path -> target), because ``..`` after a link climbs from where the link
+    points, not from where it sits: ``up -> ..`` then ``x -> up/..`` leaves the folder although
+    each looks harmless on its own.
+    """
     t = target.replace("\\", "/")
     if t.startswith("/") or _DRIVE.match(t):
         raise UnsafeArchiveError(
             f"{archive.name}: symlink member {name!r} points to the absolute path {target!r}; "
             f"refusing to extract anything from this archive.")
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), t))
-    if resolved == ".." or resolved.startswith("../"):
-        raise UnsafeArchiveError(
-            f"{archive.name}: symlink member {name!r} points outside the target folder "
-            f"({target!r}); refusing to extract anything from this archive.")
+    links = links or {}
+    outside = UnsafeArchiveError(
+        f"{archive.name}: symlink member {name!r} points outside the target folder "
+        f"({target!r}); refusing to extract anything from this archive.")
+
+    def follow(base: list[str], text: str, depth: int) -> list[str]:
+        if depth > 40:
+            raise UnsafeArchiveError(f"{archive.name}: symlink member {name!r} is part of a "
+                                     f"symlink loop; refusing to extract anything from this archive.")
+        t2 = text.replace("\\", "/")
+        if t2.startswith("/") or _DRIVE.match(t2):
+            raise outside
+        parts = list(base)
+        for comp in t2.split("/"):
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if not parts:
+                    raise outside
+                parts.pop()
+                continue
+            parts.append(comp)
+            linked = links.get("/".join(parts))
+            if linked is not None:
+                parts = follow(parts[:-1], linked, depth + 1)
+        return parts
+
+    follow(path.split("/")[:-1], t, 0)
 
 
 def _open_archive(archive: Path):
@@ -164,9 +195,12 @@ def list_members(archive: str | os.PathLike, strip_components: int = 0) -> list[
                     f"{archive.name}: member {name!r} lies above the folder level that is "
                     f"stripped ({strip_components}); refusing to extract.")
             path = "/".join(parts[strip_components:])
-            if mkind == "symlink":
-                _check_symlink(path, link, archive, name)
             members.append(Member(path, mkind, size, crc, link, info))
+        links = {m.path: m.link for m in members if m.kind == "symlink"}
+        for m in members:
+            if m.kind == "symlink":
+                _check_symlink(m.path, m.link, archive, m.raw.filename if kind == "zip" else m.raw.name,
+                               links)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
         raise ArchiveError(f"{archive}: cannot read the member list ({e}); the archive may be "
                            f"corrupt: delete it and download it again.") from None

@@ -493,8 +493,11 @@ def test_prepare_flag_prepares_where_ensure_dataset_looks(picai_host, tmp_path, 
     assert picai.images_main(argv) == 0
     raw_images, labels, out, kw = calls[0]
     assert raw_images == root / "raw" / "picai" / "images" and labels == root / "raw" / "picai" / "labels"
-    assert kw["max_cases"] == 2 and tuple(kw["spacing"]) == (3.0, 0.5, 0.5)
-    assert tuple(kw["crop"]) == (20, 128, 128)
+    from prostate_course.profile import load_profile
+
+    gpu = load_profile("gpu").data          # the gpu profile's geometry, whatever it is tuned to
+    assert kw["max_cases"] == 2 and tuple(kw["spacing"]) == tuple(gpu["spacing"])
+    assert tuple(kw["crop"]) == tuple(gpu["crop"])
     assert out.parent == root / "prepared" and out.name.startswith("picai-")
     assert "--set data.source=picai --set data.n_cases=2" in capsys.readouterr().out
     # what a notebook does later with the same settings finds it: no second prepare

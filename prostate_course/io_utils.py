@@ -5,7 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -19,9 +19,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # Not tempfile.mkstemp: its files are 0600, and the rename would keep that, so other users
+    # of a shared data folder could not read the result. O_EXCL + 0666 lets the umask decide.
+    for _ in range(100):
+        tmp_path = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:  # pragma: no cover (a uuid collision)
+            continue
+    else:  # pragma: no cover
+        raise FileExistsError(f"could not create a temporary file beside {path}")
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -1,5 +1,7 @@
 """Profiles, paths, results schema, seeding, student edition."""
 import json
+import os
+import stat
 
 import nbformat
 import numpy as np
@@ -76,6 +78,22 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_path_files_get_the_usual_permissions(tmp_path):
+    """Files written atomically are readable like any other file the process writes (umask),
+    not 0600 as mkstemp makes them: a shared data folder (JupyterHub, a course server) must
+    let other users read cases.csv, cache.pt and the marksheet."""
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.csv") as tmp:
+            tmp.write_text("x")
+        (tmp_path / "plain.csv").write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.csv") == mode(tmp_path / "plain.csv") == 0o644
 
 
 def test_config_hash_is_stable_and_order_free():

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .evaluate import (METRIC_KEYS, case_scores, evaluate_scores, extract_features,
-                       fit_linear_probe, unpack, _auroc)
+                       fit_linear_probe, unpack, _auroc, _np)
 from .repro import get_device
 
 
@@ -101,25 +101,32 @@ class FitResult:
     pos_weight: float | None = None
 
     def plot(self, ax=None):
-        """Learning curves: training and validation loss (left axis), validation AUROC (right)."""
-        import matplotlib.pyplot as plt
+        """Learning curves (see :func:`plot_history`)."""
+        return plot_history(self.history, ax=ax, best_epoch=self.best_epoch)
 
-        ax = ax or plt.gca()
-        h = self.history
-        ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss")
-        if h["val_loss"].notna().any():
-            ax.plot(h["epoch"], h["val_loss"], "s-", label="val loss")
-        ax.axvline(self.best_epoch, color="grey", ls=":", lw=1)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        if "val_auroc" in h and h["val_auroc"].notna().any():
-            ax2 = ax.twinx()
-            ax2.plot(h["epoch"], h["val_auroc"], "^-", color="C2", label="val AUROC (slice)")
-            ax2.set_ylabel("AUROC")
-            ax2.set_ylim(0.4, 1.0)
-            ax2.legend(loc="lower right")
-        ax.legend(loc="upper right")
-        return ax
+
+def plot_history(history: pd.DataFrame, ax=None, best_epoch: int | None = None):
+    """Learning curves from a :func:`fit` history: training and validation loss (left axis),
+    validation slice AUROC (right axis), the kept epoch dotted."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    h = history
+    ax.plot(h["epoch"], h["train_loss"], "o-", label="train loss")
+    if h["val_loss"].notna().any():
+        ax.plot(h["epoch"], h["val_loss"], "s-", label="val loss")
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="grey", ls=":", lw=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (weighted BCE)")
+    if "val_auroc" in h and h["val_auroc"].notna().any():
+        ax2 = ax.twinx()
+        ax2.plot(h["epoch"], h["val_auroc"], "^-", color="C2", label="val AUROC (slice)")
+        ax2.set_ylabel("AUROC")
+        ax2.set_ylim(0.4, 1.0)
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper right")
+    return ax
 
 
 _MONITORS = {"val_loss": "min", "val_auroc": "max", "val_auroc_patient": "max"}
@@ -173,8 +180,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     device = torch.device(device) if device is not None else get_device()
     tr = unpack(train)
     x = tr["images"].to(device)
-    y = torch.as_tensor(np.asarray(tr["slice_label"]) if not isinstance(tr["slice_label"], torch.Tensor)
-                        else tr["slice_label"]).float()
+    y = torch.as_tensor(_np(tr["slice_label"])).float()
     n = len(x)
     n_pos = int((y > 0).sum())
     if n < 2:
@@ -183,8 +189,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     va = unpack(val) if val is not None else None
     if va is not None:
         xv = va["images"].to(device)
-        yv_np = (np.asarray(va["slice_label"].cpu() if isinstance(va["slice_label"], torch.Tensor)
-                            else va["slice_label"]) > 0)
+        yv_np = _np(va["slice_label"]) > 0
         yv = torch.as_tensor(yv_np, dtype=torch.float32, device=device)
 
     pos_weight = None
@@ -252,9 +257,9 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
             sv = torch.sigmoid(logits_v).cpu().numpy()
             row["val_auroc"] = _auroc(yv_np, sv)
             if "case_index" in va and "case_label" in va:
-                cs = case_scores(sv, np.asarray(va["case_index"]), len(va["case_label"]))
+                cs = case_scores(sv, _np(va["case_index"]), len(va["case_label"]))
                 keep = ~np.isnan(cs)
-                row["val_auroc_patient"] = _auroc(np.asarray(va["case_label"])[keep] > 0, cs[keep])
+                row["val_auroc_patient"] = _auroc(_np(va["case_label"])[keep] > 0, cs[keep])
         row["time"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
         score = row[monitor] if va is not None else -epoch
@@ -421,7 +426,7 @@ def run_label_efficiency(arms: Sequence[Arm], train, val, test, *, table=None,
 
 def _subset_rows(full, sub) -> np.ndarray:
     """Row numbers of ``sub``'s slices inside ``full`` (matched by case id, slices in order)."""
-    fcase = np.asarray(full.case_ids)[np.asarray(full.case_index)]
+    fcase = np.asarray(full.case_ids)[_np(full.case_index)]
     keep = set(sub.case_ids)
     idx = np.flatnonzero(np.isin(fcase, list(keep)))
     if len(idx) != len(sub.images):

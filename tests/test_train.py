@@ -158,7 +158,9 @@ def test_fit_seeded_and_learns():
     pd.testing.assert_frame_equal(r1.history.drop(columns="time"), r2.history.drop(columns="time"))
     for k, v in m1.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
+    torch.manual_seed(0)
     other = train.fit(Linear(), tr, va, epochs=2, batch_size=16, device="cpu", seed=1, progress=False)
+    torch.manual_seed(0)
     again = train.fit(Linear(), tr, va, epochs=2, batch_size=16, device="cpu", seed=2, progress=False)
     assert not np.allclose(other.history["train_loss"], again.history["train_loss"])
     h = r1.history

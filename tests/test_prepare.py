@@ -210,6 +210,34 @@ def test_damaged_case_folder_is_redone_not_dropped(raw_factory, tmp_path):
     _assert_cache_matches_nifti(out)
 
 
+def test_rerun_interrupted_while_writing_tables_leaves_no_stale_manifest(raw_factory, tmp_path, monkeypatch):
+    """A rerun that adds a case and dies between cases.csv and cache.pt must not leave the old
+    manifest beside the new table: the folder would look finished (ensure_dataset would reuse
+    it) while cache.pt and cases.csv disagree."""
+    from prostate_course.data import prepare as prep
+    from prostate_course.data.dataset import PreparedDataset
+
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    hbv = raw / "images" / "10002" / "10002_1000003_hbv.mha"
+    saved = hbv.read_bytes()
+    hbv.unlink()  # bad in the first run
+    out = tmp_path / "ds"
+    assert prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False).n_cases == 2
+    hbv.write_bytes(saved)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "_write_cache", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a finished prepared dataset"):
+        PreparedDataset(out)
+    monkeypatch.undo()
+    rep = prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    assert rep.n_cases == 3 and len(PreparedDataset(out).cache()["case_ids"]) == 3
+
+
 def test_parallel_equals_serial(raw_factory, tmp_path):
     raw = raw_factory()
     a = prepare_dataset(raw / "images", raw / "labels", tmp_path / "a", crop=(8, 32, 32), workers=1, progress=False)

@@ -483,6 +483,9 @@ def _prepare_unlocked(
     if not prepared:
         raise PrepareError(f"no case could be prepared from {raw_images}; see the reasons: {bad[:3]}")
     table = _build_table(out, prepared, ms, seed)
+    # manifest.json marks a finished dataset: drop an earlier one before its tables change, so
+    # a crash below leaves the folder unfinished (resumable), never old manifest + new table.
+    (out / "manifest.json").unlink(missing_ok=True)
     with atomic_path(out / "cases.csv") as tmp:
         table.to_csv(tmp, index=False)
     _write_cache(out, prepared, buffers, row, filled)

@@ -66,3 +66,32 @@ def test_prepare_size_must_be_integers(synth_raw, tmp_path, capsys):
         cli.main(["prepare", "--raw", str(synth_raw / "images"), "--labels", str(synth_raw / "labels"),
                   "--out", str(tmp_path / "ds"), "--size", "8.5,32,32"])
     assert e.value.code == 2 and "integer" in capsys.readouterr().err
+
+
+def test_env_report_and_student_edition_subcommands(tmp_path, monkeypatch, capsys):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from prostate_course.editions import STUB
+    from prostate_course.results import Results
+
+    assert cli.main(["env"]) == 0
+    assert "python" in capsys.readouterr().out.lower()
+
+    monkeypatch.setenv("PROSTATE_COURSE_RUNS", str(tmp_path / "runs"))
+    res = Results("00_primer", "smoke", seeds=[0])
+    res.add_row(task="summary", method="data", label_fraction=None, seed=0, n=3)
+    res.save()
+    assert cli.main(["report", "--profile", "smoke"]) == 0
+    report = tmp_path / "runs" / "smoke" / "report.md"
+    assert str(report) in capsys.readouterr().out and "00_primer" in report.read_text()
+
+    src = tmp_path / "nbs"
+    src.mkdir()
+    nb = new_notebook(cells=[new_code_cell("x = 1"),
+                             new_code_cell("answer = 42", metadata={"tags": ["solution"]})])
+    nbformat.write(nb, str(src / "00_demo.ipynb"))
+    assert cli.main(["student-edition", "--notebooks", str(src), "--out", str(tmp_path / "student")]) == 0
+    assert "00_demo.ipynb: 1 solution cell(s) replaced by stubs" in capsys.readouterr().out
+    cells = nbformat.read(str(tmp_path / "student" / "00_demo.ipynb"), as_version=4).cells
+    assert cells[0].source == "x = 1" and STUB in cells[1].source and "42" not in cells[1].source

@@ -17,10 +17,10 @@ def cmd_run(args) -> int:
     from .runner import NotebookFailed, run_course
 
     name = _auto_profile() if args.profile == "auto" else args.profile
-    overrides = dict(parse_override(s) for s in args.set or [])
     try:
+        overrides = dict(parse_override(s) for s in args.set or [])
         profile = load_profile(name, overrides)
-    except UnknownProfileError as e:
+    except (UnknownProfileError, ValueError) as e:  # unknown profile, bad --set, bad profile
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

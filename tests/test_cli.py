@@ -95,3 +95,9 @@ def test_env_report_and_student_edition_subcommands(tmp_path, monkeypatch, capsy
     assert "00_demo.ipynb: 1 solution cell(s) replaced by stubs" in capsys.readouterr().out
     cells = nbformat.read(str(tmp_path / "student" / "00_demo.ipynb"), as_version=4).cells
     assert cells[0].source == "x = 1" and STUB in cells[1].source and "42" not in cells[1].source
+
+
+def test_run_bad_override_is_a_message(capsys):
+    assert cli.main(["run", "--profile", "smoke", "--set", "epochs", "--no-data"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "KEY=VALUE" in err

@@ -467,3 +467,23 @@ def test_bad_parameters_rejected(raw_cohort, tmp_path):
     with pytest.raises(DataReadError, match="marksheet not found"):
         prepare_dataset(raw_cohort / "images", tmp_path, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def test_splits_do_not_move_when_a_bad_case_is_fixed(raw_factory, tmp_path):
+    """Splits are drawn over every marksheet case, so a rerun after a fix keeps everyone's split."""
+    cases = DEFAULT_CASES + (("10004", "1000005", 2, 0.0, (0.0, 0.0, 0.0), True),
+                             ("10005", "1000006", 0, 0.0, (1.0, 0.0, 0.0), True),
+                             ("10006", "1000007", 3, 0.0, (0.0, 1.0, 0.0), True))
+    raw = raw_factory(cases=cases)
+    hbv = raw / "images" / "10002" / "10002_1000003_hbv.mha"
+    kept = hbv.read_bytes()
+    hbv.unlink()
+    out = tmp_path / "ds"
+    prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    before = pd.read_csv(out / "cases.csv", dtype={"case_id": str}).set_index("case_id")[["split", "fold"]]
+    assert "10002_1000003" not in before.index
+    hbv.write_bytes(kept)
+    prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False)
+    after = pd.read_csv(out / "cases.csv", dtype={"case_id": str}).set_index("case_id")[["split", "fold"]]
+    assert "10002_1000003" in after.index
+    pd.testing.assert_frame_equal(before, after.loc[before.index])

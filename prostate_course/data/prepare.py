@@ -482,7 +482,7 @@ def _prepare_unlocked(
     prepared = [c for c in case_ids if is_finished(out / "cases" / c)]
     if not prepared:
         raise PrepareError(f"no case could be prepared from {raw_images}; see the reasons: {bad[:3]}")
-    table = _build_table(out, prepared, ms, seed)
+    table = _build_table(out, prepared, case_ids, ms, seed)
     # manifest.json marks a finished dataset: drop an earlier one before its tables change, so
     # a crash below leaves the folder unfinished (resumable), never old manifest + new table.
     (out / "manifest.json").unlink(missing_ok=True)
@@ -520,9 +520,14 @@ _TABLE_FIRST = [
 ]
 
 
-def _build_table(out: Path, prepared: list[str], ms: pd.DataFrame, seed: int) -> pd.DataFrame:
+def _build_table(out: Path, prepared: list[str], candidates: list[str], ms: pd.DataFrame,
+                 seed: int) -> pd.DataFrame:
     from .splits import assign_splits
 
+    # Splits are drawn over every candidate case of the marksheet, not only the cases that
+    # prepared: fixing a bad case and rerunning never moves other patients between splits.
+    cand = ms.loc[candidates, ["patient_id", "case_csPCa"]].reset_index()
+    splits = assign_splits(cand, seed=seed).set_index("case_id")[["split", "fold"]]
     metas = [json.loads((out / "cases" / c / "meta.json").read_text()) for c in prepared]
     t = ms.loc[prepared].reset_index()
     m = pd.DataFrame(metas).drop(columns=["case_id"])
@@ -530,7 +535,7 @@ def _build_table(out: Path, prepared: list[str], ms: pd.DataFrame, seed: int) ->
     for col in ("lesion_PIRADS", "lesion_GS", "lesion_ISUP"):  # lists -> "5,N/A" as in the marksheet
         t[col] = [",".join("N/A" if v is None else str(v) for v in lst) for lst in t[col]]
     t = readers.add_pirads_consensus(t)
-    t = assign_splits(t, seed=seed)
+    t = t.join(splits, on="case_id")
     for col in ("t2w_spacing", "t2w_size", "adc_spacing"):
         t[col] = [" ".join(str(v) for v in x) for x in t[col]]
     rest = [c for c in t.columns if c not in _TABLE_FIRST]

@@ -153,7 +153,8 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         lr: float = 1e-3, weight_decay: float = 1e-4, device=None, augment=None,
         patience: int | None = None, seed: int = 0, loss: str | nn.Module = "bce",
         balance: str | None = "pos_weight", monitor: str = "val_loss", amp="auto",
-        steps_per_epoch: int | None = None, schedule: str | None = "cosine",
+        steps_per_epoch: int | None = None, min_steps_per_epoch: int | None = None,
+        max_steps_per_epoch: int | None = None, schedule: str | None = "cosine",
         eval_batch_size: int = 256, restore_best: bool = True, progress: bool = True,
         desc: str = "fit") -> FitResult:
     """Train ``model`` (logits (N,) for binary labels) on ``train`` and stop early on ``val``.
@@ -165,8 +166,9 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     when ``balance="pos_weight"``) or any module ``loss(logits, targets)``. ``monitor``:
     ``"val_loss"`` (lower is better), ``"val_auroc"`` or ``"val_auroc_patient"``; stop after
     ``patience`` epochs without improvement (None = never). ``steps_per_epoch``: default one
-    pass over the data (ceil(N / batch_size)); set it to train small label budgets for as many
-    steps as large ones. Optimiser AdamW (Loshchilov & Hutter 2019), cosine learning-rate decay
+    pass over the data, ceil(N / batch_size), clipped to [``min_steps_per_epoch``,
+    ``max_steps_per_epoch``] (so a 5 % budget still gets enough steps and 100 % fits a time
+    budget); an int fixes it. Optimiser AdamW (Loshchilov & Hutter 2019), cosine learning-rate decay
     over ``epochs * steps_per_epoch`` steps. The model is left on ``device``.
     """
     if monitor not in _MONITORS:
@@ -211,6 +213,9 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps = steps_per_epoch or max(1, math.ceil(n / batch_size))
+    if not steps_per_epoch:
+        steps = max(steps, min_steps_per_epoch or 1)
+        steps = min(steps, max_steps_per_epoch or steps)
     total = epochs * steps
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if schedule == "cosine" else None)
@@ -223,8 +228,9 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     for epoch in range(1, epochs + 1):
         model.train()
-        order = _index_stream(n, y.cpu() if balance == "sampler" else y, steps * batch_size
-                              if steps_per_epoch else n, balance, g).to(device)
+        n_items = n if steps == math.ceil(n / batch_size) else steps * batch_size
+        order = _index_stream(n, y.cpu() if balance == "sampler" else y, n_items, balance,
+                              g).to(device)
         run_loss = torch.zeros((), device=device)
         run_n = 0
         for i in range(steps):

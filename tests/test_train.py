@@ -188,6 +188,13 @@ def test_early_stopping_and_restore_best():
     assert math.isnan(res.history["val_auroc_patient"].iloc[0])   # no case index given
     for k, v in model.state_dict().items():
         assert torch.equal(v, res.best_state[k])
+    n = len(tr.images)                   # 144 images: 9 steps of 16 per pass
+    res = train.fit(Linear(), tr, epochs=2, batch_size=16, device="cpu", progress=False,
+                    min_steps_per_epoch=12)
+    assert res.steps == 24
+    res = train.fit(Linear(), tr, epochs=2, batch_size=16, device="cpu", progress=False,
+                    max_steps_per_epoch=4)
+    assert res.steps == 8 and n == 144
     with pytest.raises(ValueError, match="monitor"):
         train.fit(Linear(), tr, va, monitor="accuracy")
     with pytest.raises(ValueError, match="labels"):

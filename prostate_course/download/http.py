@@ -23,7 +23,6 @@ What :func:`download` guarantees:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -34,7 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..io_utils import write_json_atomic
+from ..io_utils import file_digest, write_json_atomic
 
 USER_AGENT = "prostate-course-downloader/1.0 (+urllib)"
 #: HTTP statuses worth retrying (transient server or rate-limit errors).
@@ -72,11 +71,7 @@ def human_size(n: float | None) -> str:
 
 
 def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5", chunk)
 
 
 def check_disk_space(folder: str | os.PathLike, need_bytes: int, what: str = "the download") -> int:

@@ -240,6 +240,10 @@ def fit_linear_probe(train_features, train_labels, val_features=None, val_labels
     from sklearn.preprocessing import StandardScaler
 
     ytr = _np(train_labels).ravel() > 0
+    for name, f in (("training", train_features), ("validation", val_features)):
+        if f is not None and not np.isfinite(f).all():
+            raise ValueError(f"linear probe: the encoder gave NaN/inf {name} features "
+                             "(broken weights? check the checkpoint)")
     if len(np.unique(ytr)) < 2:
         raise ValueError("linear probe: the training labels contain one class only")
 

@@ -53,6 +53,8 @@ def make_torchvision_file(path, drop=(), extra=None, reshape=None, counters=True
         if reshape and k in reshape:
             shape = reshape[k]
         sd[k] = torch.randn(shape, generator=g)
+        if k.endswith("running_var"):       # variances are positive
+            sd[k] = sd[k].abs() + 0.5
     sd.update(extra or {})
     torch.save(sd, path)
     return sd

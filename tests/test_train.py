@@ -232,6 +232,8 @@ def test_linear_probe_on_fixed_features():
     out = ev.linear_probe(BlobFeatures(), tr, va, te, device="cpu", n_boot=50)
     assert out["auroc_slice"] > 0.8 and out["C"] in (0.01, 0.1, 1.0)
     assert out["auroc_slice_lo"] <= out["auroc_slice"] <= out["auroc_slice_hi"]
+    with pytest.raises(ValueError, match="NaN/inf training features"):
+        ev.fit_linear_probe(np.full((4, 2), np.nan), [0, 1, 0, 1])
 
 
 def test_run_label_efficiency_rows_and_unavailable(tmp_path):

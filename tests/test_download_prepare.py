@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from prostate_course.download import picai, sources
+from prostate_course.profile import load_profile
 from test_download import FakeHost  # noqa: F401  (the local HTTP server)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "picai_labels"
@@ -89,5 +90,6 @@ def test_download_then_prepare_gives_the_dataset_the_notebooks_use(tmp_path, mon
     assert ds.root.parent == tmp_path / "data" / "prepared" and ds.root.name.startswith("picai-")
     assert sorted(ds.table["case_id"]) == case_ids
     cache = ds.cache()
-    assert tuple(cache["images"].shape) == (len(case_ids), 3, 20, 128, 128)
+    crop = tuple(load_profile("gpu").data["crop"])  # the gpu profile's (z, y, x) crop
+    assert tuple(cache["images"].shape) == (len(case_ids), 3, *crop)
     assert int(cache["gland"].sum()) > 0

@@ -453,6 +453,7 @@ def plot_label_efficiency(rows: pd.DataFrame, metric: str = "auroc_patient", ax=
     """AUROC vs labelled fraction per arm: mean over seeds (line) and the mean of the bootstrap
     95 % interval bounds (band)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     ax = ax or plt.gca()
     df = rows.copy()
@@ -465,6 +466,7 @@ def plot_label_efficiency(rows: pd.DataFrame, metric: str = "auroc_patient", ax=
     fr = sorted(df["label_fraction"].unique())
     ax.set_xticks(fr)
     ax.set_xticklabels([f"{f:.0%}" for f in fr])
+    ax.xaxis.set_minor_formatter(NullFormatter())  # no "3 x 10^-1" labels between the budgets
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("labelled fraction of the training cases")
     ax.set_ylabel(metric.replace("_", " "))

@@ -170,7 +170,7 @@ def unpack(data) -> dict:
     return d
 
 
-def evaluate_classifier(model: nn.Module, data, *, batch_size: int = 256, device=None,
+def evaluate_classifier(model: nn.Module, data, *, batch_size: int | None = None, device=None,
                         n_boot: int = 1000, seed: int = 0, amp="auto",
                         return_scores: bool = False):
     """Slice- and patient-level AUROC (with intervals) of ``model`` on a SliceSet-like
@@ -191,7 +191,7 @@ def evaluate_classifier(model: nn.Module, data, *, batch_size: int = 256, device
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images, batch_size: int = 256, device=None,
+def extract_features(encoder: nn.Module, images, batch_size: int | None = None, device=None,
                      progress: bool = False) -> np.ndarray:
     """(N, F) float32 features of a frozen ``encoder`` (eval mode: BatchNorm uses its running
     statistics, no dropout)."""
@@ -199,7 +199,10 @@ def extract_features(encoder: nn.Module, images, batch_size: int = 256, device=N
 
     from .repro import get_device
 
+    from .train import eval_batch_size
+
     device = torch.device(device) if device is not None else get_device()
+    batch_size = eval_batch_size(device, batch_size)
     images = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     was_training = encoder.training
     encoder.eval().to(device)
@@ -267,7 +270,7 @@ def fit_linear_probe(train_features, train_labels, val_features=None, val_labels
 
 
 def linear_probe(encoder: nn.Module, train, val, test, *, Cs: Sequence[float] = (0.01, 0.1, 1.0),
-                 device=None, batch_size: int = 256, n_boot: int = 1000, seed: int = 0) -> dict:
+                 device=None, batch_size: int | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     """Frozen-encoder arm: features of ``encoder`` -> :func:`fit_linear_probe` on ``train``
     (C chosen on ``val``) -> :func:`evaluate_scores` on ``test``. Returns the metrics dict plus
     ``C`` and ``probe`` (the :class:`ProbeResult`)."""

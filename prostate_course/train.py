@@ -54,11 +54,20 @@ def amp_dtype(device: torch.device, amp="auto") -> torch.dtype | None:
     raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or False, got {amp!r}")
 
 
+def eval_batch_size(device, requested: int | None = None) -> int:
+    """Inference batch: ``requested``, else 256 on a GPU and 64 on a CPU (a 512-image batch of
+    64 px slices adds ~0.5 GB of activations on the CPU; Binder's RAM cap is 2 GB)."""
+    if requested:
+        return int(requested)
+    return 256 if torch.device(device).type == "cuda" else 64
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, images, batch_size: int = 256, device=None,
+def predict_logits(model: nn.Module, images, batch_size: int | None = None, device=None,
                    amp="auto") -> torch.Tensor:
     """Logits of ``model`` in eval mode, batched, as one float32 tensor on ``device``."""
     device = torch.device(device) if device is not None else get_device()
+    batch_size = eval_batch_size(device, batch_size)
     images = images if isinstance(images, torch.Tensor) else unpack(images)["images"]
     dtype = amp_dtype(device, amp)
     was_training = model.training
@@ -73,7 +82,7 @@ def predict_logits(model: nn.Module, images, batch_size: int = 256, device=None,
     return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
-def predict(model: nn.Module, images, batch_size: int = 256, device=None,
+def predict(model: nn.Module, images, batch_size: int | None = None, device=None,
             amp="auto") -> np.ndarray:
     """Probabilities (numpy): sigmoid of a single logit per image, (N,); softmax for several."""
     logits = predict_logits(model, images, batch_size, device, amp)
@@ -155,7 +164,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         balance: str | None = "pos_weight", monitor: str = "val_loss", amp="auto",
         steps_per_epoch: int | None = None, min_steps_per_epoch: int | None = None,
         max_steps_per_epoch: int | None = None, schedule: str | None = "cosine",
-        eval_batch_size: int = 256, restore_best: bool = True, progress: bool = True,
+        eval_batch_size: int | None = None, restore_best: bool = True, progress: bool = True,
         desc: str = "fit") -> FitResult:
     """Train ``model`` (logits (N,) for binary labels) on ``train`` and stop early on ``val``.
 

@@ -66,3 +66,19 @@ def test_nbval_reproduces_checked_outputs(smoke_course):
         env=_env(root), capture_output=True, text=True, timeout=1800, cwd=root,
     )
     assert proc.returncode == 0, f"nbval found differences:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+
+
+def test_primer_runs_on_the_real_picai_labels(tmp_path):
+    """Notebook 00 with LABELS_DIR pointing at the real picai_labels sample (tests/fixtures)."""
+    import nbformat
+
+    labels = ROOT / "tests" / "fixtures" / "picai_labels"
+    out = tmp_path / "00_real.ipynb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "00_bpmri_primer.ipynb"), str(out),
+         "-p", "PROFILE", "smoke", "-p", "LABELS_DIR", str(labels), "--cwd", str(tmp_path)],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = "\n".join(o.get("text", "") for c in nbformat.read(str(out), as_version=4).cells
+                     if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "cases: 1500" in text  # the real marksheet, not the synthetic one

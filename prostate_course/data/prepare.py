@@ -385,20 +385,8 @@ def _exclusive(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _prepare_unlocked(
-    raw_images: str | os.PathLike,
-    labels: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    spacing=(3.0, 1.0, 1.0),
-    crop=(16, 64, 64),
-    workers: int | None = None,
-    strict: bool = False,
-    seed: int = 0,
-    progress: bool = True,
-    max_cases: int | None = None,
-    extra_manifest: dict | None = None,
-) -> PrepareReport:
+def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict, seed, progress,
+                      max_cases, extra_manifest) -> PrepareReport:
     """The body of :func:`prepare_dataset`, run under its lock."""
     t0 = time.perf_counter()
     raw_images, labels, out = Path(raw_images), Path(labels), Path(out)

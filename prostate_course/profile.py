@@ -8,6 +8,7 @@ with each notebook's own settings (epochs, batch_size, ...).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -63,11 +64,20 @@ class Profile:
         return copy.deepcopy(self.raw)
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+#: keys a profile may leave out but an override may set
+OPTIONAL_KEYS = {"data.synth", "data.picai_folds"}
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> bool:
+    """Set ``d[a][b][c] = value`` for ``"a.b.c"``; return whether the key already existed."""
     keys = dotted.split(".")
     for k in keys[:-1]:
+        if not isinstance(d.get(k, {}), dict):
+            raise ValueError(f"override {dotted!r}: {k!r} is not a section of the profile")
         d = d.setdefault(k, {})
+    existed = keys[-1] in d
     d[keys[-1]] = value
+    return existed
 
 
 def load_profile(name: str, overrides: dict | None = None) -> Profile:
@@ -86,7 +96,10 @@ def load_profile(name: str, overrides: dict | None = None) -> Profile:
     text = resources.files("prostate_course.profiles").joinpath(f"{name}.yaml").read_text()
     raw = yaml.safe_load(text)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        known = _set_dotted(raw, dotted, value) or dotted in OPTIONAL_KEYS or dotted.startswith("data.synth.")
+        if not known:  # a new key may be meant (a notebook reads it with a default), or a typo
+            warnings.warn(f"profile {name!r} has no key {dotted!r}; it was added - check the spelling "
+                          f"if you meant an existing setting", stacklevel=2)
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     missing += [f"data.{k}" for k in REQUIRED_DATA_KEYS if k not in raw.get("data", {})]
     if missing:

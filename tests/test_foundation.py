@@ -128,3 +128,15 @@ def test_student_edition_stubs_solutions():
     assert nb.cells[1].source == "answer = 42"  # the instructor copy is untouched
     with pytest.raises(ValueError, match="without"):
         stub_solution("### BEGIN SOLUTION\nx = 1")
+
+
+def test_override_of_an_unknown_key_warns():
+    with pytest.warns(UserWarning, match="no key 'notebooks.01.epoch'"):
+        p = load_profile("smoke", {"notebooks.01.epoch": 5})
+    assert p.notebook("01")["epochs"] == 2  # the real setting is untouched
+    with pytest.raises(ValueError, match="not a section"):
+        load_profile("smoke", {"data.n_cases.x": 1})
+    import warnings as w
+    with w.catch_warnings():
+        w.simplefilter("error")
+        load_profile("smoke", {"data.synth": {"lesion_contrast": 1.0}, "data.n_cases": 8})

@@ -54,8 +54,9 @@ def test_run_executes_injects_profile_and_reports(tmp_path, runs, capsys):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "00_good.ipynb", GOOD)
-    rc = cli.main(["run", "--profile", "smoke", "--notebooks", str(nbs), "--no-data",
-                   "--set", "notebooks.00.x=1"])
+    with pytest.warns(UserWarning, match="no key 'notebooks.00.x'"):  # a new key: allowed, flagged
+        rc = cli.main(["run", "--profile", "smoke", "--notebooks", str(nbs), "--no-data",
+                       "--set", "notebooks.00.x=1"])
     assert rc == 0, capsys.readouterr()
     executed = runs / "smoke" / "notebooks" / "00_good.ipynb"
     nb = nbformat.read(str(executed), as_version=4)

@@ -74,15 +74,27 @@ def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return file_digest(path, "md5", chunk)
 
 
+def part_path(dest: str | os.PathLike) -> Path:
+    """``<dest>.part``: where :func:`download` writes (and resumes) before the rename."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".part")
+
+
+def free_space(folder: str | os.PathLike) -> tuple[Path, int]:
+    """``(probe, free bytes)`` of ``folder``'s disk; ``probe`` is ``folder`` or, if it does not
+    exist yet, its nearest existing parent."""
+    probe = Path(folder).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe, shutil.disk_usage(probe).free
+
+
 def check_disk_space(folder: str | os.PathLike, need_bytes: int, what: str = "the download") -> int:
     """Raise :class:`InsufficientSpaceError` unless ``folder``'s disk has ``need_bytes`` free.
 
     ``folder`` need not exist yet (its nearest existing parent is checked). Returns the free bytes.
     """
-    probe = Path(folder).resolve()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    _, free = free_space(folder)
     if need_bytes > free:
         raise InsufficientSpaceError(
             f"Not enough disk space for {what}: need about {human_size(need_bytes)} in {folder}, "
@@ -268,7 +280,7 @@ def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size,
               manual_hint, log) -> Path:
     from tqdm.auto import tqdm
 
-    part = dest.with_name(dest.name + ".part")
+    part = part_path(dest)
     attempt = 0
     t0, start_bytes = time.monotonic(), (part.stat().st_size if part.exists() else 0)
     while True:

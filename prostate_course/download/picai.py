@@ -24,7 +24,7 @@ from ..paths import DATA_ENV, data_root
 from . import sources
 from .archive import archive_units, list_members, manifest_path, safe_extract, uncompressed_size
 from .http import (ChecksumError, DownloadError, check_disk_space, download, forget_verified,
-                   human_size, read_verified, record_verified)
+                   free_space, human_size, part_path, read_verified, record_verified)
 from .licence import print_license_notice, write_license_notice
 
 #: Extraction needs room beside the archive; the zips hold .mha files that compress little, so
@@ -123,7 +123,7 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
     for f in files:
         dest = downloads / f.name
         if read_verified(dest) is None:  # (an archive already here is checked exactly below)
-            part = dest.with_name(dest.name + ".part")
+            part = part_path(dest)
             have = part.stat().st_size if part.exists() else 0
             need += max((f.size or 0) - have, 0) + int(EXTRACT_FACTOR * (f.size or 0))
     if files:
@@ -233,9 +233,10 @@ def dry_run(folds=(0,), *, labels=True, raw_dir=None, downloads=None, base_url=N
     total = 0
     for f in files:
         dest = downloads / f.name
+        part = part_path(dest)
         state = ("already downloaded and verified" if read_verified(dest) else
-                 f"partial: {human_size(dest.with_name(dest.name + '.part').stat().st_size)} "
-                 f"will resume" if dest.with_name(dest.name + ".part").exists() else "to download")
+                 f"partial: {human_size(part.stat().st_size)} will resume" if part.exists() else
+                 "to download")
         approx = "~" if f.approximate else ""
         md5 = f"md5 {f.md5}" if f.md5 else "md5 from the record at download time"
         lines.append(f"  {f.name:36s} {approx}{human_size(f.size):>10s}  {md5}  [{state}]")
@@ -258,12 +259,8 @@ def dry_run(folds=(0,), *, labels=True, raw_dir=None, downloads=None, base_url=N
         f"still downloaded)" if max_cases is not None else ""))
     if labels:
         lines.append(f"Labels   -> {raw_dir / 'labels'}")
-    probe = downloads
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    import shutil as _sh
-
-    lines.append(f"Free disk at {probe}: {human_size(_sh.disk_usage(probe).free)}")
+    probe, free = free_space(downloads)
+    lines.append(f"Free disk at {probe}: {human_size(free)}")
     text = "\n".join(lines)
     log(text)
     return text

@@ -28,9 +28,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-Batch = "torch.Tensor | dict[str, torch.Tensor]"
-
-
 def _as_dict(batch):
     if isinstance(batch, torch.Tensor):
         return {"image": batch}, True

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+
 def _as_dict(batch):
     if isinstance(batch, torch.Tensor):
         return {"image": batch}, True

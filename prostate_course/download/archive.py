@@ -226,7 +226,8 @@ def manifest_path(target: str | os.PathLike, archive: str | os.PathLike) -> Path
     return Path(target) / MANIFEST_DIR / f"{Path(archive).name}.json"
 
 
-def _load_manifest(path: Path) -> dict:
+def load_manifest(path: Path) -> dict:
+    """The extraction manifest at ``path``; {} if it is missing or unreadable."""
     import json
 
     try:
@@ -239,14 +240,18 @@ def _unit_record(members: list[Member]) -> dict:
     return {m.path: [m.size, m.crc] for m in members if m.kind == "file"}
 
 
-def _unit_present(target: Path, record: dict | None, expected: dict) -> bool:
-    if record is None or record != expected:
-        return False
+def files_present(target: Path, record: dict) -> bool:
+    """True if every file of a unit record (``{path: [size, crc]}``) is in ``target`` with its
+    recorded size."""
     for rel, (size, _crc) in record.items():
         p = target / rel
         if not p.is_file() or p.stat().st_size != size:
             return False
     return True
+
+
+def _unit_present(target: Path, record: dict | None, expected: dict) -> bool:
+    return record is not None and record == expected and files_present(target, record)
 
 
 def _remove(path: Path) -> None:
@@ -288,7 +293,7 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *,
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
     mpath = manifest_path(target, archive)
-    manifest = _load_manifest(mpath)
+    manifest = load_manifest(mpath)
     if manifest.get("strip_components", strip_components) != strip_components:
         manifest = {}
     manifest.update({"archive": archive.name, "archive_size": archive.stat().st_size,

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..io_utils import sha256_file, write_json_atomic
 from ..paths import DATA_ENV, data_root
 from . import sources
-from .archive import archive_units, list_members, manifest_path, safe_extract, uncompressed_size
+from .archive import (archive_units, files_present, list_members, load_manifest, manifest_path,
+                      safe_extract, uncompressed_size)
 from .http import (ChecksumError, DownloadError, check_disk_space, download, forget_verified,
                    free_space, human_size, part_path, read_verified, record_verified)
 from .licence import print_license_notice, write_license_notice
@@ -55,19 +56,9 @@ def _record_download(downloads: Path, name: str, info: dict) -> None:
 
 def _extraction_complete(target: Path, archive_name: str) -> bool:
     """True if an earlier run extracted every unit of ``archive_name`` and they are all intact."""
-    mpath = manifest_path(target, archive_name)
-    try:
-        rec = json.loads(mpath.read_text())
-    except (OSError, ValueError):
-        return False
-    if not rec.get("complete"):
-        return False
-    for files in rec.get("units", {}).values():
-        for rel, (size, _crc) in files.items():
-            p = target / rel
-            if not p.is_file() or p.stat().st_size != size:
-                return False
-    return True
+    rec = load_manifest(manifest_path(target, archive_name))
+    return bool(rec.get("complete")) and all(files_present(target, files)
+                                             for files in rec.get("units", {}).values())
 
 
 def _mark_complete(target: Path, archive: Path) -> None:

@@ -76,7 +76,7 @@ class Session:
 def start(notebook: str, profile: str | Profile = "smoke", overrides: dict | None = None,
           quiet: bool = False) -> Session:
     """Set up a notebook run for ``profile`` and return the :class:`Session`."""
-    prof = load_profile(profile, overrides) if not isinstance(profile, Profile) else profile
+    prof = load_profile(profile, overrides)  # a Profile is returned as it is
     stem = Path(notebook).stem
     seed = prof.seeds[0] if prof.seeds else 0
     seed_everything(seed)

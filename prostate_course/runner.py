@@ -125,7 +125,7 @@ def run_course(profile: str | Profile, only: list[str] | None = None, overrides:
     ``overrides`` are dotted profile keys (``{"data.n_cases": 20}``); they apply to the data
     preparation here and are passed to every notebook as ``OVERRIDES``.
     """
-    prof = load_profile(profile, overrides) if not isinstance(profile, Profile) else profile
+    prof = load_profile(profile, overrides)  # a Profile is returned as it is
     paths = course_notebooks(notebooks, only)
     if not paths:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {notebooks or default_notebooks_dir()}")

@@ -21,8 +21,7 @@ def cmd_run(args) -> int:
         overrides = dict(parse_override(s) for s in args.set or [])
         profile = load_profile(name, overrides)
     except (UnknownProfileError, ValueError) as e:  # unknown profile, bad --set, bad profile
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(e)
     try:
         run_course(profile, only=args.only, overrides=overrides or None,
                    notebooks=Path(args.notebooks) if args.notebooks else None,
@@ -31,8 +30,7 @@ def cmd_run(args) -> int:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(e)
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from .io_utils import write_json_atomic, write_text_atomic
 from .paths import notebooks_dir as default_notebooks_dir
 from .paths import results_dir, run_root
 from .profile import Profile, load_profile
@@ -154,14 +155,21 @@ def run_course(profile: str | Profile, only: list[str] | None = None, overrides:
     return runs
 
 
+def _runner_times_path(profile: str) -> Path:
+    return run_root(profile) / "runner_times.json"
+
+
+def _runner_times(profile: str) -> dict:
+    """The runner's own wall time per notebook so far ({} before the first run)."""
+    path = _runner_times_path(profile)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _record_wall_time(profile: str, run: NotebookRun) -> None:
     """Keep the runner's own wall time per notebook (kernel start and imports included)."""
-    from .io_utils import write_json_atomic
-
-    path = run_root(profile) / "runner_times.json"
-    times = json.loads(path.read_text()) if path.is_file() else {}
+    times = _runner_times(profile)
     times[run.stem] = round(run.wall_s, 1)
-    write_json_atomic(path, times)
+    write_json_atomic(_runner_times_path(profile), times)
 
 
 def echo(*args, **kwargs) -> None:
@@ -191,11 +199,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_report(profile: str) -> Path:
     """Collect ``runs/<profile>/results/*.json`` into ``runs/<profile>/report.md``."""
-    from .io_utils import write_text_atomic
-
     results = load_results(results_dir(profile)) if results_dir(profile).is_dir() else {}
-    times_path = run_root(profile) / "runner_times.json"
-    runner_times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    runner_times = _runner_times(profile)
     parts = [f"# prostate-course report: profile `{profile}`", "",
              "`wall_s`: the notebook's own time from its setup cell; `runner_wall_s`: the whole "
              "papermill execution (kernel start and imports included).", ""]

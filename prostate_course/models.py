@@ -192,10 +192,7 @@ def find_imagenet_weights(path: str | os.PathLike | None = None) -> Path | None:
 def imagenet_weights_path(path: str | os.PathLike | None = None) -> Path:
     """Like :func:`find_imagenet_weights` but raises :class:`ImageNetWeightsUnavailable`
     (with instructions) when no file is found. Never touches the network."""
-    p = find_imagenet_weights(path)
-    if p is None:
-        raise ImageNetWeightsUnavailable("No ImageNet weight file on this machine. " + _how_to_get())
-    return p
+    return get_imagenet_weights(path, download=False)
 
 
 def _online(url: str, timeout: float = 3.0) -> bool:
@@ -304,7 +301,7 @@ def load_imagenet_weights(encoder: nn.Module, path: str | os.PathLike | None = N
 
     target = encoder.state_dict()
     report = WeightLoadReport(path=str(p))
-    new = {}
+    new, misshaped = {}, set()
     for key, value in sd.items():
         mkey = torchvision_to_monai_key(key)
         if mkey is None:
@@ -312,13 +309,14 @@ def load_imagenet_weights(encoder: nn.Module, path: str | os.PathLike | None = N
         elif mkey not in target:
             report.unexpected.append(key)
         elif tuple(value.shape) != tuple(target[mkey].shape):
+            misshaped.add(mkey)
             report.mismatched.append(
                 f"{key}: file {tuple(value.shape)} vs encoder {tuple(target[mkey].shape)}")
         else:
             new[mkey] = value.to(dtype=target[mkey].dtype)
             report.loaded.append(key)
     for key in target:
-        if key not in new and not any(m.startswith(key + ":") for m in report.mismatched):
+        if key not in new and key not in misshaped:
             if key.endswith("num_batches_tracked"):
                 report.defaulted.append(key)
             else:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .evaluate import (METRIC_KEYS, case_scores, evaluate_scores, extract_features,
                        fit_linear_probe, unpack, _auroc, _np)
-from .repro import get_device
+from .repro import get_device, torch_generator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         criterion = loss
 
     torch.manual_seed(seed)                      # dropout and anything else drawing globally
-    g = torch.Generator().manual_seed(seed)      # batch order (CPU; indices moved per epoch)
+    g = torch_generator(seed)                    # batch order (CPU; indices moved per epoch)
     if augment is not None and hasattr(augment, "reset"):
         augment.reset(seed)
     model.to(device)
@@ -233,13 +233,13 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
 
     sign = 1.0 if _MONITORS[monitor] == "min" else -1.0
     best_score, best_epoch, best_state, bad = math.inf, 0, _cpu_state(model), 0
+    n_items = n if steps == math.ceil(n / batch_size) else steps * batch_size
+    y_stream = y.cpu() if balance == "sampler" else y    # the sampler draws on the CPU
     rows, t0, step_count, stopped = [], time.perf_counter(), 0, False
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     for epoch in range(1, epochs + 1):
         model.train()
-        n_items = n if steps == math.ceil(n / batch_size) else steps * batch_size
-        order = _index_stream(n, y.cpu() if balance == "sampler" else y, n_items, balance,
-                              g).to(device)
+        order = _index_stream(n, y_stream, n_items, balance, g).to(device)
         run_loss = torch.zeros((), device=device)
         run_n = 0
         for i in range(steps):
@@ -278,8 +278,8 @@ def fit(model: nn.Module, train, val=None, *, epochs: int = 10, batch_size: int 
         row["time"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
         score = row[monitor] if va is not None else -epoch
-        if va is not None and (score is None or math.isnan(score)):
-            score = row["val_loss"] * (1.0 if sign > 0 else -1.0)  # one-class val: use the loss
+        if va is not None and math.isnan(score):
+            score = row["val_loss"] * sign       # one-class val: use the loss
         if sign * score < best_score or (va is None):
             best_score, best_epoch, best_state, bad = sign * score, epoch, _cpu_state(model), 0
         else:
@@ -450,10 +450,16 @@ def _subset_rows(full, sub) -> np.ndarray:
     return idx
 
 
-def summarise(rows: pd.DataFrame, metric: str = "auroc_patient") -> pd.DataFrame:
-    """Mean (and min/max over seeds) of ``metric`` per method, protocol and label fraction."""
+def _with_arm(rows: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``rows`` with an ``arm`` column named like :attr:`Arm.label`."""
     df = rows.copy()
     df["arm"] = np.where(df["protocol"] == "finetune", df["method"], df["method"] + " (linear probe)")
+    return df
+
+
+def summarise(rows: pd.DataFrame, metric: str = "auroc_patient") -> pd.DataFrame:
+    """Mean (and min/max over seeds) of ``metric`` per method, protocol and label fraction."""
+    df = _with_arm(rows)
     return (df.groupby(["arm", "label_fraction"])[metric]
               .agg(["mean", "min", "max", "count"]).round(3).reset_index())
 
@@ -465,8 +471,7 @@ def plot_label_efficiency(rows: pd.DataFrame, metric: str = "auroc_patient", ax=
     from matplotlib.ticker import NullFormatter
 
     ax = ax or plt.gca()
-    df = rows.copy()
-    df["arm"] = np.where(df["protocol"] == "finetune", df["method"], df["method"] + " (linear probe)")
+    df = _with_arm(rows)
     for i, (arm, d) in enumerate(df.groupby("arm", sort=False)):
         m = d.groupby("label_fraction")[[metric, f"{metric}_lo", f"{metric}_hi"]].mean()
         ax.plot(m.index, m[metric], "o-", color=f"C{i}", label=arm)

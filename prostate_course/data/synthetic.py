@@ -98,7 +98,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..io_utils import atomic_path, write_json_atomic
+from ..io_utils import write_json_atomic, write_text_atomic
 
 __all__ = [
     "SynthParams",
@@ -948,17 +948,14 @@ def generate_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0, *,
     finally:
         bar.close()
     ms = out / "labels" / MARKSHEET
-    ms.parent.mkdir(parents=True, exist_ok=True)
     text = _marksheet_text(df)
     if not ms.is_file() or ms.read_text() != text:
-        with atomic_path(ms) as tmp:
-            tmp.write_text(text)
+        write_text_atomic(ms, text)
     gt = out / "ground_truth.csv"
     gt_cols = ["patient_id", "study_id", "case_index"] + [c for c in df.columns if c.startswith("gt_")]
     gtext = df[gt_cols].to_csv(index=False, lineterminator="\n")
     if not gt.is_file() or gt.read_text() != gtext:
-        with atomic_path(gt) as tmp:
-            tmp.write_text(gtext)
+        write_text_atomic(gt, gtext)
     write_json_atomic(manifest, {**identity, "status": "complete", "n_written_last_run": n_written,
                                  "seconds_last_run": round(time.perf_counter() - t0, 2)})
     return out

@@ -285,8 +285,11 @@ def ensure_raw(profile, *, progress: bool = True) -> Path:
 def dataset_key(profile, *, progress: bool = True) -> tuple[str, dict]:
     """The prepared folder name ``<source>-<config_hash>`` and the parameters it hashes."""
     p = _profile(profile)
+    return _dataset_key(p, ensure_raw(p, progress=progress))
+
+
+def _dataset_key(p, raw: Path) -> tuple[str, dict]:
     data = p.data
-    raw = ensure_raw(p, progress=progress)
     if data["source"] == "synthetic":
         raw_id = {"name": raw.name}
     else:  # real data: identify it by its marksheet and the image folders present
@@ -304,7 +307,8 @@ def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
     Reused when ``data_root()/prepared/<key>/manifest.json`` records the same parameters.
     """
     p = _profile(profile)
-    key, params = dataset_key(p, progress=progress)
+    raw = ensure_raw(p, progress=progress)
+    key, params = _dataset_key(p, raw)
     out = data_root() / "prepared" / key
     mf = out / "manifest.json"
     if mf.is_file():
@@ -313,7 +317,6 @@ def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
                 return PreparedDataset(out)
         except (json.JSONDecodeError, FileNotFoundError):
             pass
-    raw = ensure_raw(p, progress=progress)
     data = p.data
     prepare_dataset(
         raw / "images", raw / "labels", out,

@@ -143,9 +143,9 @@ def load_raw_case(raw_root: str | os.PathLike | None = None, case_id: str | None
 
 
 def _pick_case(labels: Path, images_root: Path | None) -> str:
-    from .data.readers import find_labels, list_cases, read_marksheet
+    from .data.readers import MARKSHEET, find_labels, list_cases, read_marksheet
 
-    ms = labels / "clinical_information" / "marksheet.csv"
+    ms = labels / MARKSHEET
     have = set(list_cases(images_root)) if images_root is not None and images_root.is_dir() else None
     if ms.is_file():
         df = read_marksheet(ms)

@@ -20,6 +20,7 @@ import torch
 from ..io_utils import config_hash, sha256_file
 from ..paths import data_root
 from .prepare import prepare_dataset, prepare_params
+from .readers import MARKSHEET
 
 _STR_COLS = {"case_id": str, "patient_id": str, "study_id": str, "pirads_reports": str,
              "lesion_PIRADS": str, "lesion_GS": str, "lesion_ISUP": str, "warnings": str}
@@ -234,7 +235,7 @@ def _synth_name(data: dict) -> str:
 def _raw_complete(root: Path) -> bool:
     """A synthetic raw folder is complete once its marksheet exists (the generator writes it
     last) and its ``synth_manifest.json``, if any, says so."""
-    if not (root / "labels" / "clinical_information" / "marksheet.csv").is_file() or not (root / "images").is_dir():
+    if not (root / "labels" / MARKSHEET).is_file() or not (root / "images").is_dir():
         return False
     mf = root / "synth_manifest.json"
     if mf.is_file():
@@ -271,7 +272,7 @@ def ensure_raw(profile, *, progress: bool = True) -> Path:
         return target
     if src == "picai":
         target = raw_root / "picai"
-        need = [target / "images", target / "labels" / "clinical_information" / "marksheet.csv"]
+        need = [target / "images", target / "labels" / MARKSHEET]
         if not all(x.exists() for x in need):
             raise FileNotFoundError(
                 f"PI-CAI data not found in {target} (need images/ and labels/clinical_information/"
@@ -293,7 +294,7 @@ def _dataset_key(p, raw: Path) -> tuple[str, dict]:
     if data["source"] == "synthetic":
         raw_id = {"name": raw.name}
     else:  # real data: identify it by its marksheet and the image folders present
-        raw_id = {"name": raw.name, "marksheet": sha256_file(raw / "labels" / "clinical_information" / "marksheet.csv"),
+        raw_id = {"name": raw.name, "marksheet": sha256_file(raw / "labels" / MARKSHEET),
                   "n_patients": sum(1 for _ in (raw / "images").glob("*/"))}
     n = data.get("n_cases")
     params = {"raw": raw_id, "prepare": prepare_params(data["spacing"], data["crop"], data.get("seed", 0),

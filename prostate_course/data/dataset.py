@@ -54,6 +54,21 @@ def _select(table: pd.DataFrame, split, case_ids) -> list[str]:
     return list(t["case_id"])
 
 
+def _keep_rows(have: list, case_ids, what: str) -> list[int]:
+    """Positions in ``have`` of the ids in ``case_ids`` (order of ``have``); unknown ids raise."""
+    wanted = set(case_ids)
+    missing = wanted - set(have)
+    if missing:
+        raise KeyError(f"case ids not in this {what}: {sorted(missing)[:5]}")
+    return [i for i, c in enumerate(have) if c in wanted]
+
+
+def _tensors_to(obj, device):
+    """A copy of dataclass ``obj`` with its tensor fields moved to ``device``."""
+    return replace(obj, **{f.name: getattr(obj, f.name).to(device) for f in fields(obj)
+                           if isinstance(getattr(obj, f.name), torch.Tensor)})
+
+
 @dataclass
 class SliceSet:
     """2D axial slices of several cases, as tensors (index a batch with ``images[idx]``).
@@ -76,11 +91,7 @@ class SliceSet:
 
     def subset(self, case_ids) -> "SliceSet":
         """The slices of ``case_ids`` only (case order of this set kept; unknown ids raise)."""
-        wanted = set(case_ids)
-        missing = wanted - set(self.case_ids)
-        if missing:
-            raise KeyError(f"case ids not in this SliceSet: {sorted(missing)[:5]}")
-        keep = [i for i, c in enumerate(self.case_ids) if c in wanted]
+        keep = _keep_rows(self.case_ids, case_ids, "SliceSet")
         remap = torch.full((len(self.case_ids),), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
         keep_t = torch.tensor(keep, dtype=torch.long, device=self.case_label.device)
@@ -96,8 +107,7 @@ class SliceSet:
         )
 
     def to(self, device) -> "SliceSet":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return _tensors_to(self, device)
 
 
 @dataclass
@@ -117,19 +127,14 @@ class VolumeSet:
         return int(self.images.shape[0])
 
     def subset(self, case_ids) -> "VolumeSet":
-        wanted = set(case_ids)
-        missing = wanted - set(self.case_ids)
-        if missing:
-            raise KeyError(f"case ids not in this VolumeSet: {sorted(missing)[:5]}")
-        keep = [i for i, c in enumerate(self.case_ids) if c in wanted]
+        keep = _keep_rows(self.case_ids, case_ids, "VolumeSet")
         idx = torch.tensor(keep, dtype=torch.long, device=self.images.device)
         return VolumeSet(self.images[idx], self.lesions[idx], self.gland[idx], self.zones[idx],
                          self.case_label[idx], [self.case_ids[i] for i in keep],
                          [self.patient_ids[i] for i in keep])
 
     def to(self, device) -> "VolumeSet":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return _tensors_to(self, device)
 
 
 class PreparedDataset:
@@ -179,7 +184,7 @@ class PreparedDataset:
 
     def _rows(self, split, case_ids):
         ids = _select(self.table, split, case_ids)
-        c = self.cache()
+        self.cache()  # loads the cache and fills self._index
         idx = torch.tensor([self._index[i] for i in ids], dtype=torch.long)
         t = self.table.set_index("case_id").loc[ids]
         return ids, idx, t

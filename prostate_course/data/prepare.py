@@ -398,8 +398,7 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
     if max_cases is not None:
         case_ids = case_ids[: int(max_cases)]
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cases").mkdir(exist_ok=True)
+    (out / "cases").mkdir(exist_ok=True)  # ``out`` itself is made by prepare_dataset
     pfile = out / "params.json"
     if pfile.is_file():
         old = json.loads(pfile.read_text())
@@ -421,7 +420,8 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
             raise PrepareError(f"case {c}: {labels / readers.MARKSHEET}: case not in the marksheet")
     case_ids = [c for c in case_ids if c in ms.index]
     done = [c for c in case_ids if is_finished(out / "cases" / c)]
-    todo = [c for c in case_ids if c not in set(done)]
+    done_set = set(done)
+    todo = [c for c in case_ids if c not in done_set]
     jobs = [(c, str(raw_images), str(labels), str(out / "cases"), tuple(spacing), tuple(crop),
              int(ms.at[c, "case_csPCa"])) for c in todo]
     n_workers = max(1, min(workers or min(4, os.cpu_count() or 1), len(jobs) or 1))

@@ -145,12 +145,12 @@ def zscore_clip(arr: np.ndarray, valid: np.ndarray, lo_q: float = 0.5, hi_q: flo
     return out
 
 
-def _nifti(arr_zyx: np.ndarray, grid: sitk.Image, path: Path, channels_last: np.ndarray | None = None):
+def _nifti(arr: np.ndarray, grid: sitk.Image, path: Path):
+    """Save ``arr`` on ``grid``: (z, y, x), or (C, z, y, x) stored as (x, y, z, C)."""
     import nibabel as nib
 
     aff = readers.sitk_affine_ras(grid)
-    data = channels_last if channels_last is not None else arr_zyx.transpose(2, 1, 0)
-    img = nib.Nifti1Image(np.ascontiguousarray(data), aff)
+    img = nib.Nifti1Image(np.ascontiguousarray(arr.T), aff)
     img.set_sform(aff, code=1)
     img.set_qform(aff, code=1)
     nib.save(img, str(path))
@@ -180,7 +180,8 @@ def prepare_case(
     try:
         meta, arrays, grid = _process(case_id, Path(images_root), Path(labels_root), spacing, crop, case_csPCa)
         tmp.mkdir(parents=True)
-        _nifti(None, grid, tmp / "image.nii.gz", channels_last=np.stack(arrays["image"], axis=-1).transpose(2, 1, 0, 3))
+        image = np.stack(arrays["image"])  # (3, z, y, x) float32
+        _nifti(image, grid, tmp / "image.nii.gz")
         for name in ("gland", "zones", "lesions"):
             _nifti(arrays[name], grid, tmp / f"{name}.nii.gz")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -193,7 +194,7 @@ def prepare_case(
                 shutil.rmtree(stale, ignore_errors=True)
             os.rename(tmp, final)
         if return_arrays:
-            cache = {"images": np.stack(arrays["image"]).astype(np.float16)}
+            cache = {"images": image.astype(np.float16)}
             cache.update({k: arrays[k] for k in ("gland", "zones", "lesions")})
             return meta, cache
         return meta

@@ -578,15 +578,11 @@ def _write_cache(out: Path, prepared: list[str], buffers: dict, row: dict, fille
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
+    from ..repro import package_versions
 
-    out = {"python": sys.version.split()[0]}
-    for p in ("prostate-course", "numpy", "SimpleITK", "nibabel", "torch", "scikit-learn", "pandas"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    names = ("prostate-course", "numpy", "SimpleITK", "nibabel", "torch", "scikit-learn", "pandas")
+    return {"python": sys.version.split()[0],
+            **{k: v for k, v in package_versions(names).items() if v != "not installed"}}
 
 
 __all__ = ["prepare_dataset", "prepare_case", "PrepareReport", "PrepareError", "CaseError",

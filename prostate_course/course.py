@@ -81,7 +81,7 @@ def start(notebook: str, profile: str | Profile = "smoke", overrides: dict | Non
     seed = prof.seeds[0] if prof.seeds else 0
     seed_everything(seed)
     device = get_device(prof.device)
-    env = environment_report()
+    env = environment_report(device)
     if not quiet:
         print(f"prostate-course | notebook {stem} | profile {prof.name}: {prof.raw.get('description', '')}")
         print(format_environment_report(env))

@@ -89,8 +89,9 @@ def platform_kind() -> str:
     return "local"
 
 
-def environment_report() -> dict:
-    """Versions, CPU/GPU, RAM and where we run (Colab, Binder, CI or local)."""
+def environment_report(device=None) -> dict:
+    """Versions, CPU/GPU, RAM and where we run (Colab, Binder, CI or local); ``device`` is the
+    one in use (default: what ``get_device("auto")`` picks)."""
     import psutil
     import torch
 
@@ -101,7 +102,7 @@ def environment_report() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "device": str(get_device()),
+        "device": str(device if device is not None else get_device()),
         "gpu": None,
         "versions": package_versions(),
     }

@@ -140,3 +140,10 @@ def test_override_of_an_unknown_key_warns():
     with w.catch_warnings():
         w.simplefilter("error")
         load_profile("smoke", {"data.synth": {"lesion_contrast": 1.0}, "data.n_cases": 8})
+
+
+def test_session_reports_the_device_it_uses():
+    from prostate_course import course
+
+    s = course.start("01_x", "smoke", {"device": "cpu"}, quiet=True)
+    assert str(s.device) == "cpu" and s.environment["device"] == "cpu"

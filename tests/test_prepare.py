@@ -338,22 +338,27 @@ _SLOW_PREPARE = textwrap.dedent(
 )
 
 
+def _wait_until_mid_run(proc, out: Path, timeout_s: float = 60) -> None:
+    """Wait until a prepare in ``proc`` has finished two cases and is writing another."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        cases = out / "cases"
+        done = [d for d in cases.glob("*") if not d.name.startswith(".")] if cases.is_dir() else []
+        if len(done) >= 2 and list(cases.glob(".tmp-*")):
+            return
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.02)
+    pytest.fail("prepare did not reach two cases in time")
+
+
 def test_killed_prepare_leaves_no_partial_case_and_resumes(raw_factory, tmp_path):
     cases = DEFAULT_CASES + tuple((f"2000{i}", f"200000{i}", 2 * (i % 2), 0.0, (0.0, 0.0, 0.0), True) for i in range(4))
     raw = raw_factory(cases=cases)
     out = tmp_path / "ds"
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(raw / "images"), str(raw / "labels"), str(out)],
                             stderr=subprocess.PIPE)
-    deadline = time.time() + 60
     try:
-        while time.time() < deadline:  # wait until two cases are finished, then kill mid-way
-            done = [d for d in (out / "cases").glob("*") if not d.name.startswith(".")] if (out / "cases").is_dir() else []
-            if len(done) >= 2 and list((out / "cases").glob(".tmp-*")):
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.02)
-        else:
-            pytest.fail("prepare did not reach two cases in time")
+        _wait_until_mid_run(proc, out)  # two cases finished, a third one in progress
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -420,16 +425,8 @@ def test_ctrl_c_cleans_up_parallel_prepare(raw_factory, tmp_path):
     script = _SLOW_PREPARE.replace("workers=1", "workers=2")
     proc = subprocess.Popen([sys.executable, "-c", script, str(raw / "images"), str(raw / "labels"), str(out)],
                             stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 60
     try:
-        while time.time() < deadline:
-            done = [d for d in (out / "cases").glob("*") if not d.name.startswith(".")] if (out / "cases").is_dir() else []
-            if len(done) >= 2 and list((out / "cases").glob(".tmp-*")):
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.02)
-        else:
-            pytest.fail("prepare did not reach two cases in time")
+        _wait_until_mid_run(proc, out)
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=30)
     finally:

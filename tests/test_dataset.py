@@ -5,7 +5,6 @@ import json
 import sys
 import types
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch

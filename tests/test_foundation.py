@@ -1,5 +1,4 @@
 """Profiles, paths, results schema, seeding, student edition."""
-import json
 import os
 import stat
 

@@ -20,7 +20,6 @@ a later run skips units whose files are all present with the recorded sizes.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import shutil
 import stat

@@ -107,7 +107,7 @@ def cmd_student_edition(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .profile import available_profiles
+    from .profile import available_profiles, load_profile
 
     p = argparse.ArgumentParser(prog="prostate-course", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--raw", required=True, help="the images/ folder (<pid>/<pid>_<sid>_<seq>.mha)")
     pr.add_argument("--labels", required=True, help="a picai_labels folder")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--spacing", type=_triple, default=(3.0, 1.0, 1.0), help="mm, z,y,x (default 3,1,1)")
-    pr.add_argument("--size", type=_int_triple, default=(16, 64, 64), help="crop in voxels, z,y,x (default 16,64,64)")
+    cpu = load_profile("cpu").data  # defaults: the cpu profile's, so there is one source of them
+    spacing, size = tuple(cpu["spacing"]), tuple(cpu["crop"])
+    pr.add_argument("--spacing", type=_triple, default=spacing,
+                    help=f"mm, z,y,x (default {','.join(f'{v:g}' for v in spacing)}: the cpu profile)")
+    pr.add_argument("--size", type=_int_triple, default=size,
+                    help=f"crop in voxels, z,y,x (default {','.join(map(str, size))}: the cpu profile)")
     pr.add_argument("--workers", type=int, default=None)
     pr.add_argument("--seed", type=int, default=0, help="seed of the splits")
     pr.add_argument("--max-cases", type=int, default=None)

@@ -164,7 +164,7 @@ def prepare_case(
     cases_dir: str | os.PathLike,
     *,
     spacing=(3.0, 1.0, 1.0),
-    crop=(16, 64, 64),
+    crop=(20, 64, 64),
     case_csPCa: int | None = None,
     return_arrays: bool = False,
 ):
@@ -339,7 +339,7 @@ def prepare_dataset(
     out: str | os.PathLike,
     *,
     spacing=(3.0, 1.0, 1.0),
-    crop=(16, 64, 64),
+    crop=(20, 64, 64),
     workers: int | None = None,
     strict: bool = False,
     seed: int = 0,

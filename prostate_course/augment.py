@@ -1,4 +1,4 @@
-"""Batch augmentation on the training device (DESIGN.md "Data on the device").
+"""Batch augmentation on the training device (docs/ARCHITECTURE.md "Data on the device").
 
 Per-sample CPU transforms in DataLoader workers starve a GPU 10-40x; here each transform takes a
 whole batch (N, C, H, W) - or (N, C, D, H, W) - already on the training device and draws one set

@@ -1,5 +1,6 @@
-"""Evaluation shared by notebooks 01-05: AUROC with bootstrap confidence intervals at slice and
-patient level, a frozen-encoder linear probe, and how much each layer changed in fine-tuning.
+"""Metrics shared by notebooks 01-05: AUROC (weighted, bootstrapped, with confidence intervals)
+at slice and patient level, frozen-encoder read-outs (linear probe, k-NN), and how much each
+layer changed in fine-tuning. Paired comparisons of two arms live in :mod:`prostate_course.compare`.
 
 Inputs are duck-typed: anything with ``images`` (N, C, H, W), ``slice_label`` (N,),
 ``case_index`` (N,) into ``case_ids``, ``case_label`` (per case) and ``patient_ids`` (per case),
@@ -15,23 +16,75 @@ import pandas as pd
 import torch
 from torch import nn
 
-#: The metric keys of a classification results row (DESIGN.md "Contracts").
+#: The metric keys of a classification results row (docs/ARCHITECTURE.md "Results").
 METRIC_KEYS = ("auroc_slice", "auroc_slice_lo", "auroc_slice_hi",
                "auroc_patient", "auroc_patient_lo", "auroc_patient_hi")
 
 
-def _np(a) -> np.ndarray:
+def to_numpy(a) -> np.ndarray:
+    """A numpy view of a tensor (moved to the CPU) or an array-like."""
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()
     return np.asarray(a)
 
 
-def _auroc(y: np.ndarray, score: np.ndarray) -> float:
+def auroc(y, score) -> float:
+    """AUROC = P(s_pos > s_neg) + 0.5 P(s_pos = s_neg) (``sklearn.metrics.roc_auc_score``);
+    NaN when ``y`` has one class only."""
     from sklearn.metrics import roc_auc_score
 
+    y = to_numpy(y)
     if len(np.unique(y)) < 2:
         return float("nan")
-    return float(roc_auc_score(y, score))
+    return float(roc_auc_score(y, to_numpy(score)))
+
+
+def weighted_auroc(y, score, weights) -> np.ndarray:
+    """AUROC under item weights, for many weight vectors at once: (B, n) weights -> (B,).
+
+    With w_i the weight of item i (a bootstrap replicate's count of how often i was drawn),
+
+        AUC = sum_{i pos, j neg} w_i w_j ([s_i > s_j] + 0.5 [s_i = s_j]) / (W_pos W_neg),
+
+    the weighted Mann-Whitney statistic: with integer weights, exactly the AUROC of the sample
+    that repeats item i w_i times. Computed from the scores sorted once: per tie block of
+    equal scores, the weight of negatives below it. NaN where a row has no positive or no
+    negative weight. Hand-written because calling ``roc_auc_score`` per replicate is ~100x
+    slower; the tests check it against ``roc_auc_score`` on the repeated sample.
+    """
+    y = to_numpy(y).astype(bool).ravel()
+    s = to_numpy(score).astype(np.float64).ravel()
+    w = np.atleast_2d(to_numpy(weights).astype(np.float64))
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in length")
+    if w.shape[1] != len(y):
+        raise ValueError(f"weights have {w.shape[1]} columns for {len(y)} items")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf")
+    b = w.shape[0]
+    _, inv = np.unique(s, return_inverse=True)  # tie blocks, ascending score
+    n_unique = int(inv.max()) + 1 if len(inv) else 0
+    flat = (np.arange(b)[:, None] * n_unique + inv[None, :]).ravel()
+    pos = np.bincount(flat, weights=(w * y).ravel(), minlength=b * n_unique).reshape(b, n_unique)
+    neg = np.bincount(flat, weights=(w * ~y).ravel(), minlength=b * n_unique).reshape(b, n_unique)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(1)
+    den = pos.sum(1) * neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def cluster_weights(groups, n_boot: int, seed: int = 0, chunk: int = 250):
+    """Bootstrap weights that resample whole clusters: yields (b, n) blocks, b <= ``chunk``,
+    ``n_boot`` rows in all. Row r gives item i the number of times its cluster (e.g. its
+    patient) was drawn when drawing as many clusters as there are, with replacement."""
+    _, gidx = np.unique(to_numpy(groups), return_inverse=True)
+    n_groups = int(gidx.max()) + 1 if len(gidx) else 0
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=b)
+        yield counts[:, gidx].astype(np.float64)
 
 
 def bootstrap_auroc(y, score, n_boot: int = 1000, seed: int = 0, groups=None,
@@ -40,45 +93,20 @@ def bootstrap_auroc(y, score, n_boot: int = 1000, seed: int = 0, groups=None,
 
     With ``groups`` (e.g. the patient of each slice) whole groups are resampled with
     replacement (cluster bootstrap: slices of one patient are not independent, so resampling
-    slices would make the interval too narrow). Resampling is expressed as weights
-    w_i = (times item i's group was drawn), and the AUROC as the weighted Mann-Whitney statistic
-
-        AUC = sum_{i pos, j neg} w_i w_j ([s_i > s_j] + 0.5 [s_i = s_j]) / (W_pos W_neg),
-
-    computed for a block of replicates at once from the scores sorted once. Hand-written because
-    calling ``sklearn.metrics.roc_auc_score`` per replicate is ~100x slower; the tests check
-    every replicate against it.
+    slices would make the interval too narrow); see :func:`cluster_weights` and
+    :func:`weighted_auroc`.
     """
-    y = _np(y).astype(bool).ravel()
-    s = _np(score).astype(np.float64).ravel()
+    y = to_numpy(y).astype(bool).ravel()
+    s = to_numpy(score).astype(np.float64).ravel()
     if y.shape != s.shape:
         raise ValueError(f"labels {y.shape} and scores {s.shape} differ in length")
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or inf")
-    if groups is None:
-        gidx = np.arange(len(y))
-    else:
-        _, gidx = np.unique(_np(groups), return_inverse=True)
-        if len(gidx) != len(y):
-            raise ValueError(f"groups has {len(gidx)} entries for {len(y)} labels")
-    n_groups = int(gidx.max()) + 1 if len(gidx) else 0
-    _, inv = np.unique(s, return_inverse=True)  # tie blocks, ascending score
-    n_unique = int(inv.max()) + 1 if len(inv) else 0
-    rng = np.random.default_rng(seed)
-    out = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=b)
-        w = counts[:, gidx].astype(np.float64)                     # (b, n)
-        flat = (np.arange(b)[:, None] * n_unique + inv[None, :]).ravel()
-        pos = np.bincount(flat, weights=(w * y).ravel(), minlength=b * n_unique).reshape(b, n_unique)
-        neg = np.bincount(flat, weights=(w * ~y).ravel(), minlength=b * n_unique).reshape(b, n_unique)
-        below = np.cumsum(neg, axis=1) - neg
-        num = (pos * (below + 0.5 * neg)).sum(1)
-        den = pos.sum(1) * neg.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-    return out
+    g = np.arange(len(y)) if groups is None else to_numpy(groups)
+    if len(g) != len(y):
+        raise ValueError(f"groups has {len(g)} entries for {len(y)} labels")
+    return np.concatenate([weighted_auroc(y, s, w) for w in cluster_weights(g, n_boot, seed, chunk)]
+                          or [np.zeros(0)])
 
 
 def auroc_with_ci(y, score, n_boot: int = 1000, seed: int = 0, groups=None,
@@ -86,9 +114,9 @@ def auroc_with_ci(y, score, n_boot: int = 1000, seed: int = 0, groups=None,
     """(AUROC, lower, upper): the point estimate from ``sklearn.metrics.roc_auc_score`` and a
     percentile bootstrap interval (Efron & Tibshirani 1993) at level 1 - ``alpha``, resampling
     ``groups`` (patients) when given. NaN if ``y`` has one class only."""
-    y = _np(y).ravel()
-    s = _np(score).ravel()
-    auc = _auroc(y, s)
+    y = to_numpy(y).ravel()
+    s = to_numpy(score).ravel()
+    auc = auroc(y, s)
     if np.isnan(auc) or n_boot <= 0:
         return auc, float("nan"), float("nan")
     reps = bootstrap_auroc(y, s, n_boot=n_boot, seed=seed, groups=groups)
@@ -102,8 +130,8 @@ def auroc_with_ci(y, score, n_boot: int = 1000, seed: int = 0, groups=None,
 def case_scores(slice_scores, case_index, n_cases: int | None = None) -> np.ndarray:
     """Per-case score = max over the case's slices ("is there a lesion anywhere?"); NaN for a
     case without slices."""
-    s = _np(slice_scores).astype(np.float64).ravel()
-    ci = _np(case_index).astype(np.int64).ravel()
+    s = to_numpy(slice_scores).astype(np.float64).ravel()
+    ci = to_numpy(case_index).astype(np.int64).ravel()
     n = int(ci.max()) + 1 if n_cases is None else int(n_cases)
     out = np.full(n, -np.inf)
     np.maximum.at(out, ci, s)
@@ -120,10 +148,10 @@ def evaluate_scores(scores, slice_label, case_index, case_label, patient_ids=Non
     (``case_csPCa``); the interval resamples patients (``patient_ids`` per case; one case =
     one patient when omitted).
     """
-    scores = _np(scores).ravel()
-    ci = _np(case_index).astype(np.int64).ravel()
-    ys = _np(slice_label).ravel()
-    yc = _np(case_label).ravel()
+    scores = to_numpy(scores).ravel()
+    ci = to_numpy(case_index).astype(np.int64).ravel()
+    ys = to_numpy(slice_label).ravel()
+    yc = to_numpy(case_label).ravel()
     if not (len(scores) == len(ci) == len(ys)):
         raise ValueError(f"scores ({len(scores)}), case_index ({len(ci)}) and slice_label "
                          f"({len(ys)}) must have one entry per slice")
@@ -175,7 +203,7 @@ def evaluate_classifier(model: nn.Module, data, *, batch_size: int | None = None
                         return_scores: bool = False):
     """Slice- and patient-level AUROC (with intervals) of ``model`` on a SliceSet-like
     ``data``; see :func:`evaluate_scores`. With ``return_scores`` also the slice probabilities."""
-    from .train import predict
+    from .inference import predict
 
     d = unpack(data)
     if "case_index" not in d or "case_label" not in d:
@@ -189,35 +217,6 @@ def evaluate_classifier(model: nn.Module, data, *, batch_size: int | None = None
 # ---------------------------------------------------------------------------------------------
 # Frozen-encoder linear probe
 # ---------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, images, batch_size: int | None = None, device=None,
-                     progress: bool = False) -> np.ndarray:
-    """(N, F) float32 features of a frozen ``encoder`` (eval mode: BatchNorm uses its running
-    statistics, no dropout)."""
-    from tqdm.auto import tqdm
-
-    from .repro import get_device
-
-    from .train import eval_batch_size
-
-    device = torch.device(device) if device is not None else get_device()
-    batch_size = eval_batch_size(device, batch_size)
-    images = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    was_training = encoder.training
-    encoder.eval().to(device)
-    feats = []
-    starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, desc="features", disable=not progress, leave=False):
-        xb = images[i:i + batch_size].to(device, non_blocking=True).float()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                            enabled=device.type == "cuda"):
-            feats.append(encoder(xb).float())
-    encoder.train(was_training)
-    if not feats:
-        return np.zeros((0, getattr(encoder, "out_features", 0)), np.float32)
-    return torch.cat(feats).cpu().numpy().astype(np.float32)
-
 
 @dataclass
 class ProbeResult:
@@ -242,7 +241,7 @@ def fit_linear_probe(train_features, train_labels, val_features=None, val_labels
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    ytr = _np(train_labels).ravel() > 0
+    ytr = to_numpy(train_labels).ravel() > 0
     for name, f in (("training", train_features), ("validation", val_features)):
         if f is not None and not np.isfinite(f).all():
             raise ValueError(f"linear probe: the encoder gave NaN/inf {name} features "
@@ -256,10 +255,10 @@ def fit_linear_probe(train_features, train_labels, val_features=None, val_labels
 
     scores = {}
     if val_features is not None and len(Cs) > 1:
-        yv = _np(val_labels).ravel() > 0
+        yv = to_numpy(val_labels).ravel() > 0
         for C in Cs:
             p = make(C).fit(train_features, ytr)
-            scores[C] = _auroc(yv, p.predict_proba(val_features)[:, 1])
+            scores[C] = auroc(yv, p.predict_proba(val_features)[:, 1])
         valid = {c: v for c, v in scores.items() if not np.isnan(v)}
         best = max(valid, key=valid.get) if valid else Cs[len(Cs) // 2]
     else:
@@ -269,11 +268,66 @@ def fit_linear_probe(train_features, train_labels, val_features=None, val_labels
                        scores=scores)
 
 
+@dataclass
+class KNNResult:
+    """A fitted k-NN read-out: the chosen k and its validation AUROC."""
+
+    model: object
+    k: int
+    val_auroc: float
+    scores: dict  # k -> validation slice AUROC
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(_l2(features))[:, 1]
+
+
+def _l2(f) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def fit_knn_probe(train_features, train_labels, val_features=None, val_labels=None,
+                  ks: Sequence[int] = (5, 20, 50)) -> KNNResult:
+    """k-nearest-neighbour read-out of frozen features: cosine similarity (features
+    L2-normalised, Euclidean distance on the sphere), the score of an image is the
+    distance-weighted share of positive slices among its k neighbours (Wu et al. 2018,
+    "Unsupervised feature learning via non-parametric instance discrimination", CVPR). No
+    training at all: it asks whether similar images lie close together. k chosen on the
+    validation set (the middle one without)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    ytr = to_numpy(train_labels).ravel() > 0
+    if len(np.unique(ytr)) < 2:
+        raise ValueError("k-NN probe: the training labels contain one class only")
+    ftr = _l2(train_features)
+    if not np.isfinite(ftr).all():
+        raise ValueError("k-NN probe: the encoder gave NaN/inf features")
+    ks = sorted({max(1, min(int(k), len(ytr))) for k in ks})
+
+    def make(k):
+        return KNeighborsClassifier(n_neighbors=k, weights="distance").fit(ftr, ytr)
+
+    scores = {}
+    if val_features is not None and len(ks) > 1:
+        yv = to_numpy(val_labels).ravel() > 0
+        fv = _l2(val_features)
+        for k in ks:
+            scores[k] = auroc(yv, make(k).predict_proba(fv)[:, 1])
+        valid = {c: v for c, v in scores.items() if not np.isnan(v)}
+        best = max(valid, key=valid.get) if valid else ks[len(ks) // 2]
+    else:
+        best = ks[len(ks) // 2]
+    return KNNResult(model=make(best), k=int(best), val_auroc=scores.get(best, float("nan")),
+                     scores=scores)
+
+
 def linear_probe(encoder: nn.Module, train, val, test, *, Cs: Sequence[float] = (0.01, 0.1, 1.0),
                  device=None, batch_size: int | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     """Frozen-encoder arm: features of ``encoder`` -> :func:`fit_linear_probe` on ``train``
     (C chosen on ``val``) -> :func:`evaluate_scores` on ``test``. Returns the metrics dict plus
     ``C`` and ``probe`` (the :class:`ProbeResult`)."""
+    from .inference import extract_features
+
     tr, va, te = unpack(train), unpack(val), unpack(test)
     f = {k: extract_features(encoder, d["images"], batch_size, device) for k, d in
          (("train", tr), ("val", va), ("test", te))}

@@ -8,7 +8,7 @@ self-supervised pretraining initialise exactly the same parameters:
   convolution + BN where the shape changes) without bias, global average pool -> 512 features.
 - :class:`ClassificationHead`, :class:`ProjectionHead` (SimCLR's MLP), :class:`Classifier`.
 - :func:`load_imagenet_weights` - torchvision's published ImageNet ResNet-18 weights into the
-  MONAI encoder. The keys and shapes are identical (SCIENCE.md "Transfer learning"); the 1000-way
+  MONAI encoder. The keys and shapes are identical (a test maps every key); the 1000-way
   ``fc`` layer is dropped. Every key and shape is checked; a missing, extra or mis-shaped key is
   an error that names it.
 - :func:`save_checkpoint` / :func:`load_checkpoint` - state dict + manifest, written atomically,
@@ -17,12 +17,18 @@ self-supervised pretraining initialise exactly the same parameters:
 **What "RGB" means here.** ImageNet networks see (red, green, blue). Our three channels are T2W,
 ADC and HBV: three different physical measurements of the same voxel, not three colours. Loading
 ImageNet weights therefore maps T2W onto the filters that learnt "red", ADC onto "green" and HBV
-onto "blue". The prepared images are z-scored per channel and per case (mean 0, std 1), which is
-what ImageNet's own normalisation does to photos (``(x - mean_c) / std_c`` with the per-channel
-ImageNet mean and std): the *scale* the filters expect is matched, but the *meaning* of each
-channel is not. We do not apply ImageNet's mean/std on top of z-scoring: that would only shift
-and rescale each channel by a constant (|shift| < 2.2 std) and gives the filters nothing they
-could use; :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` are exported for the notebook to show.
+onto "blue".
+
+**Two normalisations, not one.** ImageNet's normalisation is a fixed affine map per channel for
+the whole dataset, ``(x - mean_c) / std_c`` with the ImageNet means and stds: each photo keeps
+its brightness relative to the others. The prepared bpMRI is z-scored *per case* and per channel
+(after 0.5/99.5 percentile clipping, as the PI-CAI baseline does): every case is rescaled on
+its own. For T2W and HBV (arbitrary, scanner-dependent units) that is the usual choice; for ADC,
+a quantitative map (10^-6 mm^2/s), it discards the absolute values that radiologists read.
+Both leave the filters with inputs of a familiar *scale*, neither with the channels' meaning.
+Applying ImageNet's constants on top of the z-score would only shift and rescale each channel
+by a constant (|shift| < 2.2 std), which the first convolution and BatchNorm absorb, so we do
+not; :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` are exported for notebook 01 to show.
 """
 from __future__ import annotations
 
@@ -362,6 +368,20 @@ def save_checkpoint(model: nn.Module | dict, path: str | os.PathLike, manifest: 
     sidecar["checkpoint"] = {"file": path.name, "sha256": sha256_file(path)}
     write_json_atomic(path.with_name(path.name + ".json"), sidecar)
     return path
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a checkpoint written by :func:`save_checkpoint`, from its ``.json``
+    sidecar (no need to load the weights); ``{}`` when there is no sidecar."""
+    import json
+
+    side = Path(path).with_name(Path(path).name + ".json")
+    if not side.is_file():
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint manifest {side} is not valid JSON: {e}") from e
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,

@@ -1,9 +1,10 @@
 """Named run profiles: one YAML per profile, shipped in ``prostate_course/profiles/``.
 
-Keys (DESIGN.md "Profiles" and "Contracts"): ``name``, ``description``, ``device``,
+Keys (docs/ARCHITECTURE.md "Profiles"): ``name``, ``description``, ``device``,
 ``timeout_s`` (per notebook), ``data`` {source, n_cases, seed, spacing (z, y, x mm), crop
-(z, y, x voxels)}, ``label_fractions``, ``seeds`` and ``notebooks`` {"00": {...}, "01": {...}}
-with each notebook's own settings (epochs, batch_size, ...).
+(z, y, x voxels), ...}, ``label_fractions``, ``seeds``, ``protocol`` (the fine-tuning and
+read-out settings every comparison of notebooks 01-05 shares, see :data:`PROTOCOL_DEFAULTS`)
+and ``notebooks`` {"00": {...}, "01": {...}} with each notebook's own settings.
 """
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from typing import Any
 import yaml
 
 REQUIRED_KEYS = ("name", "data", "label_fractions", "seeds", "notebooks")
+
+#: the shared evaluation protocol (prostate_course.protocol); a profile's ``protocol`` section
+#: overrides these key by key
+PROTOCOL_DEFAULTS = {
+    "seeds_by_fraction": {},     # {fraction: [seeds]}: more seeds where training is cheap
+    "finetune": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4,
+                 "min_steps_per_epoch": 5, "max_steps_per_epoch": 30},
+    "augment": True,             # the course's default batch augmentation while fine-tuning
+    "val_share": 0.2,            # the labelled patients of a budget: 4:1 fit / validation
+    "min_val_positives": 5,      # below this many positive patients: no validation set
+    "probe_Cs": [0.01, 0.1, 1.0],
+    "knn_ks": [5, 20, 50],
+    "bootstrap": 1000,           # replicates of every bootstrap interval
+}
 REQUIRED_DATA_KEYS = ("source", "n_cases", "seed", "spacing", "crop")
 
 
@@ -49,6 +64,20 @@ class Profile:
         return list(self.raw["seeds"])
 
     @property
+    def protocol(self) -> dict:
+        """The shared protocol settings: :data:`PROTOCOL_DEFAULTS` with each key the profile
+        gives replaced as a whole (a profile's ``finetune`` section is the complete set)."""
+        out = copy.deepcopy(PROTOCOL_DEFAULTS)
+        out.update(copy.deepcopy(self.raw.get("protocol") or {}))
+        return out
+
+    @property
+    def protocol_seeds(self) -> dict:
+        """Seeds per label fraction: {fraction: [seeds], "default": seeds}."""
+        by = {float(k): [int(s) for s in v] for k, v in self.protocol["seeds_by_fraction"].items()}
+        return {**by, "default": self.seeds}
+
+    @property
     def device(self) -> str:
         return self.raw.get("device", "auto")
 
@@ -66,6 +95,19 @@ class Profile:
 
 #: keys a profile may leave out but an override may set
 OPTIONAL_KEYS = {"data.synth", "data.picai_folds"}
+
+
+def _protocol_default(dotted: str) -> bool:
+    """Whether ``dotted`` names a key of :data:`PROTOCOL_DEFAULTS` ("protocol.finetune.lr")."""
+    keys = dotted.split(".")
+    if keys[0] != "protocol":
+        return False
+    d = PROTOCOL_DEFAULTS
+    for k in keys[1:]:
+        if not isinstance(d, dict) or k not in d:
+            return keys[1:2] == ["seeds_by_fraction"]
+        d = d[k]
+    return True
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> bool:
@@ -96,7 +138,8 @@ def load_profile(name: str, overrides: dict | None = None) -> Profile:
     text = resources.files("prostate_course.profiles").joinpath(f"{name}.yaml").read_text()
     raw = yaml.safe_load(text)
     for dotted, value in (overrides or {}).items():
-        known = _set_dotted(raw, dotted, value) or dotted in OPTIONAL_KEYS or dotted.startswith("data.synth.")
+        known = (_set_dotted(raw, dotted, value) or dotted in OPTIONAL_KEYS
+                 or dotted.startswith("data.synth.") or _protocol_default(dotted))
         if not known:  # a new key may be meant (a notebook reads it with a default), or a typo
             warnings.warn(f"profile {name!r} has no key {dotted!r}; it was added - check the spelling "
                           f"if you meant an existing setting", stacklevel=2)

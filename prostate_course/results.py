@@ -1,13 +1,19 @@
-"""The results file every notebook writes (DESIGN.md "Contracts"), and its reader.
+"""The results file every notebook writes (docs/ARCHITECTURE.md "Results"), and its reader.
 
 ``runs/<profile>/results/<notebook-stem>.json``::
 
     {notebook, profile, seeds, versions, device, wall_s, peak_rss_mb, peak_gpu_mb,
-     rows: [{task: "classification"|"detection", method, label_fraction, seed, <metric>: value}],
-     unavailable: [{method, reason}], stand_ins: [{artifact, reason}]}
+     rows: [{task: "classification"|"detection"|"summary", method, protocol, label_fraction,
+             seed, <metric>: value}],
+     scores: "<notebook-stem>.scores.csv" | null, protocol: {settings, hash} | null,
+     unavailable: [{method, protocol, reason}], stand_ins: [{artifact, reason}]}
 
 ``method`` names the pretraining ("scratch", "imagenet", "genesis", "mae", "simclr", "dcl",
-"yaware", "pirads_conf", ...) so that notebook 06 can join every notebook's rows.
+"yaware", "pirads_conf", ...) and ``protocol`` how it was read out, so that notebook 06 can join
+every notebook's rows. Beside the JSON, ``<stem>.scores.csv`` holds the per-case test scores
+(one row per case, task, method, protocol, label fraction and seed:
+:data:`prostate_course.compare.SCORE_COLUMNS`), the basis of every paired comparison; the
+validator checks that the file exists and matches the rows.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import math
 import time
 from pathlib import Path
 
-from .io_utils import write_json_atomic
+from .io_utils import atomic_path, write_json_atomic
 from .paths import results_dir
 
 TASKS = ("classification", "detection", "summary")
@@ -69,6 +75,8 @@ class Results:
         self.seeds = list(seeds)
         self.device = device
         self.rows: list[dict] = []
+        self._scores: list = []
+        self.protocol: dict | None = None
         self._unavailable: list[dict] = []
         self._stand_ins: list[dict] = []
         self._t0 = time.perf_counter()
@@ -84,9 +92,25 @@ class Results:
         self.rows.append(row)
         return row
 
-    def unavailable(self, method: str, reason: str) -> None:
+    def unavailable(self, method: str, reason: str, protocol: str | None = None) -> None:
         """Record an arm that could not run (and why); it shows in every table that joins it."""
-        self._unavailable.append({"method": method, "reason": reason})
+        self._unavailable.append({"method": method, "protocol": protocol, "reason": reason})
+
+    def add_scores(self, scores) -> None:
+        """Keep per-case test scores (a DataFrame in the long format) for the scores file."""
+        from .compare import check_scores
+
+        self._scores.append(check_scores(scores, f"{self.notebook} scores"))
+
+    def scores(self):
+        """All per-case scores added so far (a DataFrame; empty without any)."""
+        import pandas as pd
+
+        return pd.concat(self._scores, ignore_index=True) if self._scores else pd.DataFrame()
+
+    def set_protocol(self, settings: dict) -> None:
+        """Record the protocol settings (with their ``hash``) the scores were made under."""
+        self.protocol = dict(settings)
 
     def stand_in(self, artifact: str, reason: str) -> None:
         """Record that a missing input artifact was replaced by a quick stand-in."""
@@ -105,13 +129,25 @@ class Results:
             "peak_rss_mb": _peak_rss_mb(),
             "peak_gpu_mb": _peak_gpu_mb(),
             "rows": self.rows,
+            "scores": self.scores_file if self._scores else None,
+            "protocol": self.protocol,
             "unavailable": self._unavailable,
             "stand_ins": self._stand_ins,
         }
 
+    @property
+    def scores_file(self) -> str:
+        return f"{self.notebook}.scores.csv"
+
     def save(self, directory: str | Path | None = None) -> Path:
+        """Write the scores file (if any), then the JSON that names it, both atomically."""
         directory = Path(directory) if directory else results_dir(self.profile)
-        return write_json_atomic(directory / f"{self.notebook}.json", self.to_dict())
+        if self._scores:
+            with atomic_path(directory / self.scores_file) as tmp:
+                self.scores().to_csv(tmp, index=False)
+        out = self.to_dict()
+        validate_results(out, source=self.notebook, directory=directory)
+        return write_json_atomic(directory / f"{self.notebook}.json", out)
 
     def frame(self):
         import pandas as pd
@@ -119,8 +155,12 @@ class Results:
         return pd.DataFrame(self.rows)
 
 
-def validate_results(obj: dict, source: str = "results") -> dict:
-    """Check a results dict against the schema; raise ValueError naming the problem."""
+def validate_results(obj: dict, source: str = "results", directory: str | Path | None = None) -> dict:
+    """Check a results dict against the schema; raise ValueError naming the problem.
+
+    With ``directory`` (where the JSON lives) the scores file it names must exist beside it,
+    hold the score columns, and score only arms that have result rows.
+    """
     missing = [k for k in TOP_KEYS if k not in obj]
     if missing:
         raise ValueError(f"{source}: missing keys {missing}")
@@ -134,7 +174,31 @@ def validate_results(obj: dict, source: str = "results") -> dict:
         for i, item in enumerate(obj[kind]):
             if not all(k in item for k in keys):
                 raise ValueError(f"{source}: {kind}[{i}] needs {keys}")
+    if obj.get("scores") and directory is not None:
+        _validate_scores_link(obj, source, Path(directory))
     return obj
+
+
+def _validate_scores_link(obj: dict, source: str, directory: Path) -> None:
+    import pandas as pd
+
+    from .compare import SCORE_COLUMNS
+
+    path = directory / obj["scores"]
+    if not path.is_file():
+        raise ValueError(f"{source}: names the scores file {path.name}, which does not exist in {directory}")
+    head = pd.read_csv(path, nrows=0).columns
+    lacking = [c for c in SCORE_COLUMNS if c not in head]
+    if lacking:
+        raise ValueError(f"{source}: scores file {path.name} lacks columns {lacking}")
+    sc = pd.read_csv(path, usecols=["task", "method", "protocol", "label_fraction"])
+    trained = sc[sc["label_fraction"].notna()].drop_duplicates()
+    have = {(r.get("task"), r.get("method"), r.get("protocol"), r.get("label_fraction"))
+            for r in obj["rows"]}
+    orphans = [t for t in trained.itertuples(index=False) if tuple(t) not in have]
+    if orphans:
+        raise ValueError(f"{source}: scores file {path.name} scores arms without result rows, "
+                         f"e.g. {tuple(orphans[0])}")
 
 
 def load_results(profile_or_dir: str | Path) -> dict[str, dict]:
@@ -144,5 +208,23 @@ def load_results(profile_or_dir: str | Path) -> dict[str, dict]:
         d = results_dir(str(profile_or_dir))
     out = {}
     for path in sorted(d.glob("*.json")):
-        out[path.stem] = validate_results(json.loads(path.read_text()), source=str(path))
+        out[path.stem] = validate_results(json.loads(path.read_text()), source=str(path), directory=d)
     return out
+
+
+def load_scores(profile_or_dir: str | Path, notebooks=None):
+    """The per-case scores of every (or the named) notebook of a run, with a ``notebook``
+    column, and each notebook's protocol settings: ``(scores, {stem: protocol})``."""
+    import pandas as pd
+
+    d = Path(profile_or_dir)
+    if not d.is_dir():
+        d = results_dir(str(profile_or_dir))
+    frames, protocols = [], {}
+    for stem, res in load_results(d).items():
+        if notebooks is not None and stem not in notebooks or not res.get("scores"):
+            continue
+        frames.append(pd.read_csv(d / res["scores"], dtype={"case_id": str, "patient_id": str})
+                      .assign(notebook=stem))
+        protocols[stem] = res.get("protocol")
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), protocols

@@ -45,7 +45,7 @@ def test_slices(ds):
     c = ds.cache()
     gland_slices = (c["gland"].flatten(2) > 0).any(-1)  # (cases, D)
     expected = [int(gland_slices[i].sum()) if gland_slices[i].any() else c["gland"].shape[1] for i in range(4)]
-    assert len(s) == sum(expected) and s.images.shape[1:] == (3, 48, 48) and s.images.dtype == torch.float32
+    assert len(s) == sum(expected) and s.images.shape[1:] == (3, 48, 48) and s.images.dtype == torch.float16
     assert torch.bincount(s.case_index, minlength=4).tolist() == expected
     assert s.case_ids == ds.table["case_id"].tolist() and s.case_label.tolist() == [1, 0, 1, 0]
     assert s.patient_ids == ["10001", "10001", "10002", "10003"]
@@ -55,9 +55,33 @@ def test_slices(ds):
     assert s.slice_label[s.case_index == 1].sum() == 0 and s.slice_label[s.case_index == 0].sum() > 0
     # image of a slice is the cache's slice
     k = 5
-    assert torch.equal(s.images[k], c["images"][s.case_index[k], :, s.slice_z[k]].float())
+    assert torch.equal(s.images[k], c["images"][s.case_index[k], :, s.slice_z[k]])
     all_slices = ds.slices(split=None, gland_only=False)
     assert len(all_slices) == 4 * 8
+    # masks are the cache's masks of each slice; the slice label is "any lesion voxel"
+    for k in range(len(s)):
+        i, z = int(s.case_index[k]), int(s.slice_z[k])
+        assert torch.equal(s.lesion_mask[k], c["lesions"][i, z]) and torch.equal(s.gland_mask[k], c["gland"][i, z])
+    assert torch.equal(s.slice_label, (s.lesion_mask.flatten(1) > 0).any(1).long())
+    # metadata of the exam, per case and repeated per slice
+    t = ds.table.set_index("case_id")
+    np.testing.assert_allclose(s.meta["psad"], t.loc[s.case_ids, "psad"], equal_nan=True)
+    assert list(s.meta["pirads_reports"]) == list(t.loc[s.case_ids, "pirads_reports"])
+    assert "case_csPCa" not in s.meta and "case_ISUP" not in s.meta        # no outcome in metadata
+    per_slice = s.slice_meta()
+    assert len(per_slice) == len(s) and per_slice["patient_age"].iloc[-1] == t.loc[s.case_ids[-1], "patient_age"]
+    assert ds.slices(split=None, masks=False).lesion_mask is None
+
+
+def test_unlabelled_view_has_no_labels(ds):
+    s = ds.slices(split=None)
+    u = s.unlabelled()
+    assert u.slice_label is None and u.case_label is None and u.lesion_mask is None
+    assert torch.equal(u.images, s.images) and u.meta is not None and not u.labelled
+    sub = u.subset(["10002_1000003"])
+    assert sub.slice_label is None and len(sub) == int((s.case_index == 2).sum())
+    ds.release()
+    assert ds._cache is None and ds.slices(split=None).images.shape == s.images.shape   # reloads
 
 
 def test_subset_and_to(ds):

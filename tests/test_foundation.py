@@ -36,8 +36,10 @@ def test_profile_sizes_follow_the_design():
 
 
 def test_overrides_are_dotted_and_typed():
-    p = load_profile("smoke", dict([parse_override("data.n_cases=12"), parse_override("notebooks.01.epochs=1")]))
-    assert p.data["n_cases"] == 12 and p.notebook("01_transfer_learning")["epochs"] == 1
+    p = load_profile("smoke", dict([parse_override("data.n_cases=12"), parse_override("protocol.finetune.epochs=1"),
+                                    parse_override("notebooks.01.imagenet_download=true")]))
+    assert p.data["n_cases"] == 12 and p.protocol["finetune"]["epochs"] == 1
+    assert p.notebook("01_transfer_learning")["imagenet_download"] is True
     assert load_profile("smoke").data["n_cases"] == 40  # the shipped file is untouched
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_override("oops")
@@ -130,9 +132,13 @@ def test_student_edition_stubs_solutions():
 
 
 def test_override_of_an_unknown_key_warns():
-    with pytest.warns(UserWarning, match="no key 'notebooks.01.epoch'"):
-        p = load_profile("smoke", {"notebooks.01.epoch": 5})
-    assert p.notebook("01")["epochs"] == 2  # the real setting is untouched
+    with pytest.warns(UserWarning, match="no key 'protocol.finetune.epoch'"):
+        p = load_profile("smoke", {"protocol.finetune.epoch": 5})
+    assert p.protocol["finetune"]["epochs"] == 2  # the real setting is untouched
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # a protocol default the YAML leaves out is known
+        assert load_profile("smoke", {"protocol.val_share": 0.25}).protocol["val_share"] == 0.25
     with pytest.raises(ValueError, match="not a section"):
         load_profile("smoke", {"data.n_cases.x": 1})
     import warnings as w

@@ -69,42 +69,80 @@ def _tensors_to(obj, device):
                            if isinstance(getattr(obj, f.name), torch.Tensor)})
 
 
+#: per-exam metadata that slices and volumes carry: what a radiology report and the clinical
+#: record give for every exam (no histopathology outcome), usable without spending labels
+META_COLUMNS = ("patient_age", "psa", "psad", "prostate_volume", "center", "pirads_reports",
+                "n_reports", "pirads_max", "pirads_majority", "pirads_conf")
+
+
+def _meta(t: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in META_COLUMNS if c in t.columns]
+    return t[cols].reset_index(drop=True)
+
+
 @dataclass
 class SliceSet:
     """2D axial slices of several cases, as tensors (index a batch with ``images[idx]``).
 
-    images (N, 3, H, W) float32 (T2W, ADC, HBV); slice_label (N,) int64: 1 if any lesion voxel
-    (csPCa) is in the slice; case_index (N,) int64 into ``case_ids``; case_label (n_cases,)
-    int64 = case_csPCa; patient_ids (n_cases,) list; slice_z (N,) int64 slice number in the crop.
+    images (N, 3, H, W) (T2W, ADC, HBV; float16 as cached - cast a batch with ``.float()``);
+    slice_label (N,) int64: 1 if any lesion voxel (csPCa) is in the slice; case_index (N,)
+    int64 into ``case_ids``; case_label (n_cases,) int64 = case_csPCa; patient_ids (n_cases,);
+    slice_z (N,) slice number in the crop; lesion_mask (N, H, W) uint8 ISUP values and
+    gland_mask (N, H, W) uint8; meta: one row per case (:data:`META_COLUMNS`: age, PSA, PSA
+    density, volume, PI-RADS reports, majority, confidence). An *unlabelled* set
+    (:meth:`unlabelled`, for pretraining) has no slice_label, case_label or lesion_mask.
     """
 
     images: torch.Tensor
-    slice_label: torch.Tensor
+    slice_label: torch.Tensor | None
     case_index: torch.Tensor
     case_ids: list
-    case_label: torch.Tensor
+    case_label: torch.Tensor | None
     patient_ids: list
     slice_z: torch.Tensor
+    lesion_mask: torch.Tensor | None = None
+    gland_mask: torch.Tensor | None = None
+    meta: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def labelled(self) -> bool:
+        return self.slice_label is not None
+
+    def unlabelled(self) -> "SliceSet":
+        """The same slices without any label (no slice or case label, no lesion mask): what
+        pretraining may see. Metadata (reports, clinical values) stay."""
+        return replace(self, slice_label=None, case_label=None, lesion_mask=None)
 
     def subset(self, case_ids) -> "SliceSet":
         """The slices of ``case_ids`` only (case order of this set kept; unknown ids raise)."""
         keep = _keep_rows(self.case_ids, case_ids, "SliceSet")
         remap = torch.full((len(self.case_ids),), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
-        keep_t = torch.tensor(keep, dtype=torch.long, device=self.case_label.device)
+        keep_t = torch.tensor(keep, dtype=torch.long)
         sel = torch.isin(self.case_index, keep_t.to(self.case_index.device))
+
+        def take(t):
+            return None if t is None else t[sel]
+
         return SliceSet(
             images=self.images[sel],
-            slice_label=self.slice_label[sel],
+            slice_label=take(self.slice_label),
             case_index=remap.to(self.case_index.device)[self.case_index[sel]],
             case_ids=[self.case_ids[i] for i in keep],
-            case_label=self.case_label[keep_t],
+            case_label=None if self.case_label is None else self.case_label[keep_t.to(self.case_label.device)],
             patient_ids=[self.patient_ids[i] for i in keep],
             slice_z=self.slice_z[sel],
+            lesion_mask=take(self.lesion_mask),
+            gland_mask=take(self.gland_mask),
+            meta=None if self.meta is None else self.meta.iloc[keep].reset_index(drop=True),
         )
+
+    def slice_meta(self) -> pd.DataFrame | None:
+        """``meta`` repeated for every slice (row i = the exam of slice i)."""
+        return None if self.meta is None else self.meta.iloc[self.case_index.cpu().numpy()].reset_index(drop=True)
 
     def to(self, device) -> "SliceSet":
         return _tensors_to(self, device)
@@ -113,7 +151,8 @@ class SliceSet:
 @dataclass
 class VolumeSet:
     """3D crops: images (N, 3, D, H, W) float32; lesions, gland, zones (N, D, H, W) uint8;
-    case_label (N,) int64 = case_csPCa; case_ids, patient_ids lists."""
+    case_label (N,) int64 = case_csPCa; case_ids, patient_ids lists; meta one row per case
+    (:data:`META_COLUMNS`)."""
 
     images: torch.Tensor
     lesions: torch.Tensor
@@ -122,6 +161,7 @@ class VolumeSet:
     case_label: torch.Tensor
     case_ids: list
     patient_ids: list
+    meta: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -131,7 +171,8 @@ class VolumeSet:
         idx = torch.tensor(keep, dtype=torch.long, device=self.images.device)
         return VolumeSet(self.images[idx], self.lesions[idx], self.gland[idx], self.zones[idx],
                          self.case_label[idx], [self.case_ids[i] for i in keep],
-                         [self.patient_ids[i] for i in keep])
+                         [self.patient_ids[i] for i in keep],
+                         None if self.meta is None else self.meta.iloc[keep].reset_index(drop=True))
 
     def to(self, device) -> "VolumeSet":
         return _tensors_to(self, device)
@@ -189,9 +230,11 @@ class PreparedDataset:
         t = self.table.set_index("case_id").loc[ids]
         return ids, idx, t
 
-    def slices(self, split="train", case_ids=None, gland_only: bool = True) -> SliceSet:
+    def slices(self, split="train", case_ids=None, gland_only: bool = True,
+               masks: bool = True) -> SliceSet:
         """Axial slices of the selected cases. ``gland_only`` keeps slices with gland voxels
-        (all slices of a case without a gland mask)."""
+        (all slices of a case without a gland mask); ``masks`` adds the lesion and gland masks.
+        Images stay float16 as cached (half the memory of float32; batches are cast)."""
         ids, idx, t = self._rows(split, case_ids)
         c = self.cache()
         imgs, les, gl = c["images"][idx], c["lesions"][idx], c["gland"][idx]
@@ -202,22 +245,32 @@ class PreparedDataset:
             no_gland = ~has.any(-1)
             keep = has | no_gland[:, None]
         ci, zi = keep.nonzero(as_tuple=True)
+        lesion_slices = les[ci, zi]
         return SliceSet(
-            images=imgs[ci, :, zi].float(),
-            slice_label=(les[ci, zi].flatten(1) > 0).any(-1).long(),
+            images=imgs[ci, :, zi],
+            slice_label=(lesion_slices.flatten(1) > 0).any(-1).long(),
             case_index=ci.long(),
             case_ids=ids,
             case_label=torch.tensor(t["case_csPCa"].to_numpy(dtype=np.int64)),
             patient_ids=list(t["patient_id"]),
             slice_z=zi.long(),
+            lesion_mask=lesion_slices if masks else None,
+            gland_mask=gl[ci, zi] if masks else None,
+            meta=_meta(t),
         )
+
+    def release(self) -> None:
+        """Drop the tensor cache from memory (slice and volume sets are copies and stay valid;
+        the next call that needs the cache loads it again)."""
+        self._cache = None
 
     def volumes(self, split="train", case_ids=None) -> VolumeSet:
         """3D crops of the selected cases."""
         ids, idx, t = self._rows(split, case_ids)
         c = self.cache()
         return VolumeSet(c["images"][idx].float(), c["lesions"][idx], c["gland"][idx], c["zones"][idx],
-                         torch.tensor(t["case_csPCa"].to_numpy(dtype=np.int64)), ids, list(t["patient_id"]))
+                         torch.tensor(t["case_csPCa"].to_numpy(dtype=np.int64)), ids, list(t["patient_id"]),
+                         _meta(t))
 
 
 # ----------------------------------------------------------------------------- ensure_*
@@ -333,5 +386,5 @@ def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
     return PreparedDataset(out)
 
 
-__all__ = ["PreparedDataset", "SliceSet", "VolumeSet", "ensure_raw", "ensure_dataset",
+__all__ = ["PreparedDataset", "SliceSet", "VolumeSet", "META_COLUMNS", "ensure_raw", "ensure_dataset",
            "dataset_key", "read_cases_table"]

@@ -1,4 +1,4 @@
-"""Figures for the course: raw-case overlays, a slice viewer, cohort and reader-study plots.
+"""Case and cohort figures: raw-case overlays, a slice viewer, cohort and reader-study plots.
 
 - :func:`load_raw_case` reads one case of the raw PI-CAI layout (SimpleITK for the ``.mha``
   images, nibabel via :func:`prostate_course.data.readers.read_mask` for the masks) into a
@@ -114,7 +114,7 @@ def load_raw_case(raw_root: str | os.PathLike | None = None, case_id: str | None
     there is something to see), else the first case. With only ``labels_root`` (the real
     picai_labels sample: no images), the case has masks only.
     """
-    from .data.readers import DataReadError, find_labels, image_paths, read_mask, read_sitk
+    from ..data.readers import DataReadError, find_labels, image_paths, read_mask, read_sitk
 
     if raw_root is None and labels_root is None:
         raise ValueError("give raw_root (images/ + labels/) or labels_root (a picai_labels folder)")
@@ -143,7 +143,7 @@ def load_raw_case(raw_root: str | os.PathLike | None = None, case_id: str | None
 
 
 def _pick_case(labels: Path, images_root: Path | None) -> str:
-    from .data.readers import MARKSHEET, find_labels, list_cases, read_marksheet
+    from ..data.readers import MARKSHEET, find_labels, list_cases, read_marksheet
 
     ms = labels / MARKSHEET
     have = set(list_cases(images_root)) if images_root is not None and images_root.is_dir() else None
@@ -168,7 +168,7 @@ def geometry_table(case: RawCase) -> pd.DataFrame:
     """Size, spacing, origin, direction and orientation code of every image and mask of a case."""
     import nibabel as nib
 
-    from .data.readers import sitk_affine_ras
+    from ..data.readers import sitk_affine_ras
 
     rows = []
     for name, img in [*case.images.items(), *case.masks.items()]:
@@ -445,7 +445,7 @@ def plot_reader_agreement(df: pd.DataFrame, axes=None, min_cases: int = 10):
     """
     import matplotlib.pyplot as plt
 
-    from .data.synthetic import reader_agreement
+    from ..data.synthetic import reader_agreement
 
     kap = reader_agreement(df, min_cases=min_cases)
     if kap.empty:

@@ -152,6 +152,64 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
+class _UpBlock(nn.Module):
+    """Upsample x2 (bilinear), concatenate the skip, two 3x3 conv + BN + ReLU."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_ch + skip_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        size = skip.shape[-2:] if skip is not None else tuple(2 * s for s in x.shape[-2:])
+        x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], 1) if skip is not None else x)
+
+
+class ResNetUNet(nn.Module):
+    """A U-Net whose encoder is the course's 2D ResNet-18 (:func:`resnet18_encoder`).
+
+    Ronneberger et al. 2015 ("U-Net", MICCAI) with a residual encoder: the decoder upsamples
+    layer4's features and joins, by concatenation, layer3, layer2, layer1 and the stem (strides
+    16, 8, 4, 2), then one more x2 step back to the input size and a 1x1 convolution to
+    ``out_channels``. ``self.encoder`` IS the ResNet-18 module, with exactly its state-dict keys,
+    so scratch, ImageNet and every pretraining of notebooks 02-04 initialise the same weights,
+    and the encoder of a trained U-Net loads back into the classifier. Used for restoration
+    pretraining (notebook 02, ``out_channels=3``) and lesion detection (notebook 05,
+    ``out_channels=1`` logit map). Input height and width divisible by 32 (64, 128, 160 px).
+    """
+
+    def __init__(self, encoder: nn.Module | None = None, out_channels: int = 1,
+                 widths: tuple[int, int, int, int, int] = (256, 128, 64, 64, 32)):
+        super().__init__()
+        self.encoder = encoder if encoder is not None else resnet18_encoder()
+        w = widths
+        self.up4 = _UpBlock(512, 256, w[0])   # stride 32 -> 16, joins layer3
+        self.up3 = _UpBlock(w[0], 128, w[1])  # -> 8, layer2
+        self.up2 = _UpBlock(w[1], 64, w[2])   # -> 4, layer1
+        self.up1 = _UpBlock(w[2], 64, w[3])   # -> 2, stem
+        self.up0 = _UpBlock(w[3], 0, w[4])    # -> 1, input resolution
+        self.out = nn.Conv2d(w[4], out_channels, 1)
+        self.out_channels = out_channels
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps at strides 2 (stem), 4, 8, 16, 32 (layer1-4)."""
+        e = self.encoder
+        s = e.act(e.bn1(e.conv1(x)))
+        l1 = e.layer1(e.maxpool(s))
+        l2 = e.layer2(l1)
+        l3 = e.layer3(l2)
+        return [s, l1, l2, l3, e.layer4(l3)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, l1, l2, l3, l4 = self.features(x)
+        y = self.up0(self.up1(self.up2(self.up3(self.up4(l4, l3), l2), l1), s), None)
+        return self.out(y)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

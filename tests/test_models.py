@@ -181,3 +181,21 @@ def test_checkpoint_roundtrip(tmp_path):
         models.load_checkpoint(path, Classifier(models.resnet18_encoder(), ClassificationHead(n_classes=2)))
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         models.load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_resnet_unet_shapes_and_shared_encoder_keys():
+    torch.manual_seed(0)
+    enc = models.resnet18_encoder()
+    net = models.ResNetUNet(enc, out_channels=3)
+    assert net.encoder is enc
+    for px in (64, 128):
+        x = torch.randn(2, 3, px, px)
+        assert net(x).shape == (2, 3, px, px)
+    # the encoder part of a U-Net state dict is exactly the encoder's (loads into a classifier)
+    keys = {k[len("encoder."):] for k in net.state_dict() if k.startswith("encoder.")}
+    assert keys == set(models.resnet18_encoder().state_dict())
+    clf = models.Classifier(models.resnet18_encoder())
+    clf.encoder.load_state_dict(net.encoder.state_dict())
+    # full resolution comes from the skips: the stem's features reach the output
+    feats = net.features(torch.randn(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2]

@@ -26,7 +26,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 # Folder names and marksheet columns have one home: layout.py (light, shared with the generator).
-from .layout import (  # noqa: E402  (re-exported: readers.MARKSHEET etc. keep working)
+from .layout import (  # re-exported: readers.MARKSHEET etc. keep working
     GLAND_SOURCES, LESION_SOURCES, MARKSHEET, MARKSHEET_COLUMNS, NA_TOKENS, REPORTS_COLUMN,
     SEQUENCES, ZONES_DIR,
 )

@@ -79,7 +79,8 @@ not depend on the worker count or on how many cases follow it)
 Speed and size (measured on the 2-core development machine): ~0.17 s per case on one free
 core (render ~0.11 s, Rician noise and writing the rest); 40 cases in 6.4 s with 2 workers on a
 quiet machine, 200 cases in 58 s while other jobs loaded it (load average ~5). ~7 MB per case
-(T2W stored uncompressed), 1.4 GB for 200 cases. ``simulate_clinical``: ~2500 cases/s.
+(T2W stored uncompressed), 1.4 GB for 200 cases. ``simulate_clinical``: ~1000-1500 cases/s
+(5000 exams in about 4 s).
 
 Calibration (default parameters, seed 0; real PI-CAI marksheet, 1500 cases, in brackets).
 8000 exams (``simulate_clinical``, 5 s; tests/test_synthetic.py holds the tolerances):
@@ -113,8 +114,7 @@ from __future__ import annotations
 from .annotators import annotation_agreement, simulate_annotators
 from .clinical import simulate_clinical
 from .params import GENERATOR_VERSION, SynthParams, case_seeds
-from .phantom import render_case
-from .phantom import case_phantom
+from .phantom import case_phantom, render_case
 from .writer import case_paths, generate_cohort, load_truth
 
 

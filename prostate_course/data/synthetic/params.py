@@ -33,7 +33,7 @@ class SynthParams:
     tz_texture: float = 0.12         #: amplitude of the heterogeneous TZ texture
     # --- cohort ---------------------------------------------------------------------------
     cspca_rate: float = 0.31         #: true P(case ISUP >= 2); the marksheet records ~0.27 (verification)
-    pz_fraction: float = 0.7         #: share of cancers in the peripheral zone
+    pz_fraction: float = 0.7         #: share of cancers in the peripheral zone (68 %: McNeal et al. 1988)
     two_study_rate: float = 0.016    #: P(a case is the 2nd study of the previous patient)
     # --- readers --------------------------------------------------------------------------
     n_readers: int = 5               #: size of the reader pool

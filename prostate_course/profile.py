@@ -122,6 +122,21 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> bool:
     return existed
 
 
+#: The profile name that picks one for the machine: gpu with a CUDA or Apple MPS device, else cpu.
+AUTO = "auto"
+
+
+def resolve_profile_name(name: str) -> str:
+    """``"auto"`` -> ``"gpu"`` when torch sees a CUDA or MPS device, else ``"cpu"``; any other
+    name is returned unchanged (so notebooks default to real lessons, never to smoke)."""
+    if name != AUTO:
+        return name
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return "gpu" if torch.cuda.is_available() or (mps is not None and mps.is_available()) else "cpu"
+
+
 def load_profile(name: str, overrides: dict | None = None) -> Profile:
     """Load profile ``name``; ``overrides`` maps dotted keys to values, e.g.
     ``{"data.n_cases": 20, "notebooks.01.epochs": 1}``.

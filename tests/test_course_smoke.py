@@ -68,6 +68,49 @@ def test_nbval_reproduces_checked_outputs(smoke_course):
     assert proc.returncode == 0, f"nbval found differences:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
 
 
+def _follows_exercise_convention(path: Path) -> str | None:
+    """None if every solution cell is followed by a check that calls prostate_course.exercises
+    (docs/ARCHITECTURE.md "Exercises"), else why not."""
+    import nbformat
+
+    cells = nbformat.read(str(path), as_version=4).cells
+    for i, c in enumerate(cells):
+        if "solution" in c.metadata.get("tags", []) and c.cell_type == "code":
+            nxt = next((d for d in cells[i + 1:] if d.cell_type == "code"), None)
+            if nxt is None or "exercises." not in nxt.source:
+                return (f"{path.name}: the check after solution cell {i} does not call "
+                        f"pc.exercises.* yet, so its stub would stop Run-All")
+    return None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_student_edition_runs_to_the_last_cell(smoke_course, path, tmp_path):
+    """The student edition on a fresh kernel: Run-All reaches the end, and each unanswered
+    exercise says so (the check returns the reference answer to the cells after it)."""
+    import nbformat
+
+    from prostate_course.editions import student_text
+
+    reason = _follows_exercise_convention(path)
+    if reason:
+        pytest.skip(reason)
+    root, _ = smoke_course          # its data root already holds the smoke dataset
+    text, n = student_text(path)
+    src, out = tmp_path / path.name, tmp_path / f"executed_{path.name}"
+    src.write_text(text)
+    env = _env(root)
+    env["PROSTATE_COURSE_RUNS"] = str(tmp_path / "runs")
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(src), str(out), "-p", "PROFILE", "smoke",
+                           "--cwd", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cells = nbformat.read(str(out), as_version=4).cells
+    code = [c for c in cells if c.cell_type == "code"]
+    assert code[-1].get("execution_count") is not None, "Run-All did not reach the last cell"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+    text_out = "\n".join(o.get("text", "") for c in code for o in c.get("outputs", []))
+    assert text_out.count("unanswered: Exercise") == n, text_out[-3000:]
+
+
 def test_primer_runs_on_the_real_picai_labels(tmp_path):
     """Notebook 00 with LABELS_DIR pointing at the real picai_labels sample (tests/fixtures)."""
     import nbformat

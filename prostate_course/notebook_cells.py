@@ -39,7 +39,7 @@ if "google.colab" in sys.modules:
 
 PARAMETERS_SOURCE = '''\
 PROFILE = "auto"    # auto (gpu if CUDA or MPS, else cpu) | smoke | cpu | gpu | full  (prostate_course/profiles/)
-OVERRIDES = {}      # dotted profile keys, e.g. {"notebooks.01.epochs": 5}'''
+OVERRIDES = {}      # dotted profile keys, e.g. {"protocol.finetune.epochs": 5}'''
 
 
 def setup_source() -> str:

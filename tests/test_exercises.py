@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 import prostate_course as pc
 from prostate_course import exercises
-from prostate_course.exercises import UNANSWERED, WrongAnswer, nb00
+from prostate_course.exercises import UNANSWERED, WrongAnswer, nb00, nb01
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -134,10 +134,115 @@ def case_annotation_experiment(small_cohort, **_):
         lambda ref: ref == ("higher", pytest.approx(high), "higher")
 
 
+# ----------------------------------------------------------------------- notebook 01
+@pytest.fixture(scope="module")
+def photo():
+    return np.random.default_rng(2).random((12, 10, 3))
+
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def case_imagenet_normalisation(photo, **_):
+    right = (photo - np.array(MEAN)) / np.array(STD)
+    assert nb01.check_imagenet_normalisation(right, photo, MEAN, STD) is right
+    wrong = {
+        "green constants for every channel": (photo - MEAN[1]) / STD[1],
+        "divided before subtracting": photo / np.array(STD) - np.array(MEAN),
+        "channels first": right.transpose(2, 0, 1),
+        "a per-image z-score": (photo - photo.mean((0, 1))) / photo.std((0, 1)),
+    }
+    for name, ans in wrong.items():
+        with pytest.raises(WrongAnswer, match="Exercise 1"):
+            nb01.check_imagenet_normalisation(ans, photo, MEAN, STD)
+    return nb01.check_imagenet_normalisation, (photo, MEAN, STD), [UNANSWERED], \
+        lambda ref: np.allclose(ref, right)
+
+
+def case_auroc_by_pairs(**_):
+    from sklearn.metrics import roc_auc_score
+
+    def right(y, s):
+        y, s = np.asarray(y), np.asarray(s)
+        return np.mean([(a > b) + 0.5 * (a == b) for a in s[y == 1] for b in s[y == 0]])
+
+    assert nb01.check_auroc_by_pairs(right) is right
+    wrong = {
+        "ties count 0": lambda y, s: float((np.asarray(s)[np.asarray(y) == 1][:, None]
+                                            > np.asarray(s)[np.asarray(y) == 0][None, :]).mean()),
+        "accuracy at 0.5": lambda y, s: float(((np.asarray(s) > 0.5) == np.asarray(y)).mean()),
+        "labels and scores swapped": lambda y, s: roc_auc_score(s > 0.5, y),
+    }
+    for name, fn in wrong.items():
+        with pytest.raises(WrongAnswer, match="Exercise 2"):
+            nb01.check_auroc_by_pairs(fn)
+    y, s = nb01._tie_rich(0)
+    return nb01.check_auroc_by_pairs, (), [UNANSWERED], \
+        lambda ref: np.isclose(ref(y, s), roc_auc_score(y, s))
+
+
+def case_patient_max(**_):
+    def right(p, ci, n):
+        out = np.full(n, -np.inf)
+        np.maximum.at(out, np.asarray(ci), np.asarray(p))
+        return out
+
+    assert nb01.check_patient_max(right) is right
+    wrong = {
+        "max starts at 0": lambda p, ci, n: np.array([max([0.0] + [v for v, c in zip(p, ci) if c == k])
+                                                      for k in range(n)]),
+        "mean instead of max": lambda p, ci, n: np.array([np.mean([v for v, c in zip(p, ci) if c == k]) for k in range(n)]),
+        "one score per slice": lambda p, ci, n: np.asarray(p),
+    }
+    for name, fn in wrong.items():
+        with pytest.raises(WrongAnswer, match="Exercise 3"):
+            nb01.check_patient_max(fn)
+    return nb01.check_patient_max, (), [UNANSWERED], \
+        lambda ref: np.allclose(ref([0.2, -1.0, 0.7], [0, 1, 0], 2), [0.7, -1.0])
+
+
+@pytest.fixture(scope="module")
+def paired_scores():
+    """Fine-tuned scratch and a linear probe that share each case's difficulty."""
+    rng = np.random.default_rng(0)
+    n = 120
+    y = (rng.random(n) < 0.35).astype(int)
+    hard = 1.5 * rng.standard_normal(n)
+    rows = []
+    for protocol, noise in (("finetune", 0.3), ("linear_probe", 0.3)):
+        s = y + hard + noise * rng.standard_normal(n)
+        rows.append(pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                                  "label": y, "task": "classification", "method": "scratch",
+                                  "protocol": protocol, "label_fraction": 0.05, "seed": 0, "score": s}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def case_pairing_experiment(paired_scores, **_):
+    paired, unpaired = nb01.pairing_half_widths(paired_scores, 0.05, 300)
+    assert unpaired > paired + nb01.SAME_WITHIN          # correlated arms: pairing narrows it
+    kw = dict(scores=paired_scores, fraction=0.05, n_boot=300)
+    assert nb01.check_pairing_experiment("narrower", unpaired, "wider", **kw)[1] == pytest.approx(unpaired)
+    wrong = {
+        "read the paired half-width": ("wider", paired, "wider"),
+        "observation against the numbers": ("wider", unpaired, "narrower"),
+        "not one of the words": ("wider", unpaired, "bigger"),
+        "no number": ("wider", "wide", "wider"),
+    }
+    for name, args in wrong.items():
+        with pytest.raises(WrongAnswer, match="Exercise 4"):
+            nb01.check_pairing_experiment(*args, **kw)
+    return (lambda *a: nb01.check_pairing_experiment(*a, **kw)), (), [UNANSWERED, UNANSWERED, UNANSWERED], \
+        lambda ref: ref == ("wider", pytest.approx(unpaired), "wider")
+
+
 CASES = {
     nb00.check_voxel_to_world: case_voxel_to_world,
     nb00.check_verification_bias: case_verification_bias,
     nb00.check_annotation_experiment: case_annotation_experiment,
+    nb01.check_imagenet_normalisation: case_imagenet_normalisation,
+    nb01.check_auroc_by_pairs: case_auroc_by_pairs,
+    nb01.check_patient_max: case_patient_max,
+    nb01.check_pairing_experiment: case_pairing_experiment,
 }
 
 

@@ -23,7 +23,8 @@ from .prepare import prepare_dataset, prepare_params
 from .readers import MARKSHEET
 
 _STR_COLS = {"case_id": str, "patient_id": str, "study_id": str, "pirads_reports": str,
-             "lesion_PIRADS": str, "lesion_GS": str, "lesion_ISUP": str, "warnings": str}
+             "lesion_PIRADS": str, "lesion_GS": str, "lesion_ISUP": str, "warnings": str,
+             "masks_resampled": str}
 
 
 def read_cases_table(path) -> pd.DataFrame:

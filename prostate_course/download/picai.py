@@ -145,6 +145,7 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
                              f"extracting {len(missing)} case folder(s) of {f.name}")
             log(f"{f.name}: extracting {len(missing)} of {len(units)} case folder(s) into "
                 f"{images}")
+        write_license_notice(raw_dir)  # beside the data, from the first byte written there
         rep = safe_extract(dest, images, select=units, progress=progress)
         summary["extracted_cases"] += len(rep.extracted)
         summary["skipped_cases"] += len(rep.skipped)
@@ -194,6 +195,7 @@ def fetch_labels(*, raw_dir=None, downloads=None, base_url=None, commit=sources.
         _record_download(downloads, remote.name, {"url": remote.url, "commit": commit,
                                                   "sha256": digest, "size": dest.stat().st_size,
                                                   "source": sources.LABELS_PAGE})
+    write_license_notice(raw_dir)
     rep = safe_extract(dest, labels, strip_components=1, progress=progress)
     _mark_complete(labels, dest)
     marksheet = labels / "clinical_information" / "marksheet.csv"
@@ -381,7 +383,6 @@ def images_main(argv=None) -> int:
         return 0
     raw = a.dest or default_raw_dir()
     try:
-        write_license_notice(raw)
         s = fetch_images(folds, raw_dir=raw, downloads=a.downloads, max_cases=a.max_cases,
                          base_url=a.zenodo_url, retries=a.retries, backoff=a.backoff,
                          timeout=a.timeout, progress=not a.quiet,
@@ -422,7 +423,6 @@ def labels_main(argv=None) -> int:
         return 0
     raw = a.dest or default_raw_dir()
     try:
-        write_license_notice(raw)
         fetch_labels(raw_dir=raw, downloads=a.downloads, base_url=a.labels_url,
                      retries=a.retries, backoff=a.backoff, timeout=a.timeout,
                      progress=not a.quiet)

@@ -629,6 +629,21 @@ def test_prepare_flag_prepares_where_ensure_dataset_looks(picai_host, tmp_path, 
     assert ds.root == out and len(calls) == 1
 
 
+def test_folds_default_to_the_profiles_download_folds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(sources.ZENODO_ENV, refused_url())  # offline dry run: approximate sizes
+    monkeypatch.setenv("PROSTATE_COURSE_DATA", str(tmp_path / "data"))
+    assert picai.images_main(["--dry-run", "--no-labels"]) == 0  # gpu: [0]
+    out = capsys.readouterr().out
+    assert "fold0.zip" in out and "fold1.zip" not in out
+    assert picai.images_main(["--dry-run", "--no-labels", "--profile", "full"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"fold{k}.zip" in out for k in range(5))
+    assert picai.images_main(["--dry-run", "--no-labels", "--profile", "full", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "fold3.zip" in out and "fold0.zip" not in out
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_fold_rejected():
     with pytest.raises(SystemExit):
         picai.images_main(["--folds", "7", "--dry-run"])

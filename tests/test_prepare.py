@@ -600,3 +600,28 @@ def test_splits_do_not_move_when_a_bad_case_is_fixed(raw_factory, tmp_path):
     after = pd.read_csv(out / "cases.csv", dtype={"case_id": str}).set_index("case_id")[["split", "fold"]]
     assert "10002_1000003" in after.index
     pd.testing.assert_frame_equal(before, after.loc[before.index])
+
+
+def test_official_split_recorded_in_table_and_manifest(raw_factory, tmp_path):
+    """Real PI-CAI case ids in official folds 0, 0, 4 and 2: test_fold 4 makes 10002 the test case."""
+    cases = (("10000", "1000000", 0, 0.0, (0.0, 0.0, 0.0), True), ("10001", "1000001", 2, 5.0, (1.0, 0.0, 0.0), True),
+             ("10002", "1000002", 3, 0.0, (0.0, 1.0, 0.0), True), ("10004", "1000004", 0, 0.0, (0.0, 0.0, 1.0), True))
+    raw = raw_factory(cases=cases)
+    out = tmp_path / "ds"
+    prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False,
+                    split={"scheme": "picai_official", "test_fold": 4, "val_fraction": 0})
+    t = read_cases_table(out / "cases.csv").set_index("case_id")
+    assert t["split"].to_dict() == {"10000_1000000": "train", "10001_1000001": "train",
+                                    "10002_1000002": "test", "10004_1000004": "train"}
+    assert t["fold"].to_dict() == {"10000_1000000": 0, "10001_1000001": 0, "10002_1000002": -1, "10004_1000004": 2}
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["splits"] == "picai_official:fold4" and m["split_counts"] == {"train": 3, "test": 1}
+    # another fold, recomputed in place: no case is prepared again
+    from prostate_course.data.prepare import update_splits
+
+    stamp = (out / "cache.pt").stat().st_mtime_ns
+    m2 = update_splits(out, {"scheme": "picai_official", "test_fold": 0, "val_fraction": 0})
+    t2 = read_cases_table(out / "cases.csv").set_index("case_id")
+    assert m2["splits"] == "picai_official:fold0" and (out / "cache.pt").stat().st_mtime_ns == stamp
+    assert sorted(t2.index[t2.split == "test"]) == ["10000_1000000", "10001_1000001"]
+    pd.testing.assert_frame_equal(t2.drop(columns=["split", "fold"]), t.drop(columns=["split", "fold"]))

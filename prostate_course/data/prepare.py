@@ -388,10 +388,13 @@ def prepare_dataset(
     progress: bool = True,
     max_cases: int | None = None,
     extra_manifest: dict | None = None,
+    split: dict | None = None,
 ) -> PrepareReport:
     """Turn the raw layout into the prepared dataset in ``out`` (see module docstring).
 
     ``spacing`` (mm) and ``crop`` (voxels) are (z, y, x). ``workers`` defaults to min(4, CPUs).
+    ``split`` is a profile's ``data.split`` section (default: the course split, test 25 %,
+    val 15 %; see :func:`.splits.split_settings`); ``seed`` seeds it.
     Bad cases are skipped and listed in ``bad_cases.csv``; ``strict=True`` raises
     :class:`PrepareError` at the first one. ``max_cases`` keeps the first N cases (sorted ids).
     Two calls on one ``out`` folder (two notebooks at once) are serialised by a lock file.
@@ -400,6 +403,9 @@ def prepare_dataset(
         raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {spacing}")
     if len(crop) != 3 or min(crop) < 1:
         raise ValueError(f"crop must be 3 positive integers (z, y, x), got {crop}")
+    from .splits import split_settings
+
+    split = split_settings(split)  # a bad setting fails here, before any case is prepared
     if not Path(raw_images).is_dir():
         raise DataReadError(raw_images, "images folder not found")
     if not (Path(labels) / readers.MARKSHEET).is_file():
@@ -409,7 +415,8 @@ def prepare_dataset(
     with _exclusive(out / ".lock"):
         return _prepare_unlocked(
             raw_images, labels, out, spacing=spacing, crop=crop, workers=workers, strict=strict,
-            seed=seed, progress=progress, max_cases=max_cases, extra_manifest=extra_manifest)
+            seed=seed, progress=progress, max_cases=max_cases, extra_manifest=extra_manifest,
+            split=split)
 
 
 @contextlib.contextmanager
@@ -429,7 +436,7 @@ def _exclusive(lock_path: Path):
 
 
 def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict, seed, progress,
-                      max_cases, extra_manifest) -> PrepareReport:
+                      max_cases, extra_manifest, split) -> PrepareReport:
     """The body of :func:`prepare_dataset`, run under its lock."""
     t0 = time.perf_counter()
     raw_images, labels, out = Path(raw_images), Path(labels), Path(out)
@@ -462,6 +469,8 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
         if strict:
             raise PrepareError(f"case {c}: {labels / readers.MARKSHEET}: case not in the marksheet")
     case_ids = [c for c in case_ids if c in ms.index]
+    # the split first: a scheme that cannot split these cases fails before any case is prepared
+    splits = _splits_of(case_ids, ms, seed, split)
     done = [c for c in case_ids if is_finished(out / "cases" / c)]
     done_set = set(done)
     todo = [c for c in case_ids if c not in done_set]
@@ -513,7 +522,7 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
     prepared = [c for c in case_ids if is_finished(out / "cases" / c)]
     if not prepared:
         raise PrepareError(f"no case could be prepared from {raw_images}; see the reasons: {bad[:3]}")
-    table = _build_table(out, prepared, case_ids, ms, seed)
+    table = _build_table(out, prepared, ms, splits[0])
     # manifest.json marks a finished dataset: drop an earlier one before its tables change, so
     # a crash below leaves the folder unfinished (resumable), never old manifest + new table.
     (out / "manifest.json").unlink(missing_ok=True)
@@ -532,8 +541,10 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
         n_cases=len(prepared),
         n_bad=len(bad_df),
         n_positive=int(table["case_csPCa"].sum()),
-        split_counts={s: int(n) for s, n in table["split"].value_counts().items()},
-        splits="course",  # official picai_baseline folds: not wired yet (see splits.py)
+        split_counts=_split_counts(table),
+        splits=splits[1],
+        split=split,
+        split_candidates=case_ids,
         warnings=warn,
         versions=_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -551,14 +562,24 @@ _TABLE_FIRST = [
 ]
 
 
-def _build_table(out: Path, prepared: list[str], candidates: list[str], ms: pd.DataFrame,
-                 seed: int) -> pd.DataFrame:
-    from .splits import assign_splits
+def _split_counts(table: pd.DataFrame) -> dict:
+    return {s: int(n) for s, n in table["split"].value_counts().items()}
 
-    # Splits are drawn over every candidate case of the marksheet, not only the cases that
-    # prepared: fixing a bad case and rerunning never moves other patients between splits.
+
+def _splits_of(candidates: list[str], ms: pd.DataFrame, seed: int, split: dict) -> tuple[pd.DataFrame, str]:
+    """split/fold of every candidate case (index case_id), and the scheme's label.
+
+    Splits are drawn over every candidate case of the marksheet, not only the cases that
+    prepared: fixing a bad case and rerunning never moves other patients between splits.
+    """
+    from .splits import make_splits
+
     cand = ms.loc[candidates, ["patient_id", "case_csPCa"]].reset_index()
-    splits = assign_splits(cand, seed=seed).set_index("case_id")[["split", "fold"]]
+    table, name = make_splits(cand, split, seed=seed)
+    return table.set_index("case_id")[["split", "fold"]], name
+
+
+def _build_table(out: Path, prepared: list[str], ms: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     metas = [json.loads((out / "cases" / c / "meta.json").read_text()) for c in prepared]
     t = ms.loc[prepared].reset_index()
     m = pd.DataFrame(metas).drop(columns=["case_id"])
@@ -571,6 +592,44 @@ def _build_table(out: Path, prepared: list[str], candidates: list[str], ms: pd.D
         t[col] = [" ".join(str(v) for v in x) for x in t[col]]
     rest = [c for c in t.columns if c not in _TABLE_FIRST]
     return t[_TABLE_FIRST + rest]
+
+
+def update_splits(out: str | os.PathLike, split: dict | None, *, seed: int | None = None,
+                  extra_manifest: dict | None = None) -> dict:
+    """Recompute the ``split``/``fold`` columns of a finished prepared dataset for other split
+    settings, without preparing any case again (images and cache do not depend on the split).
+
+    ``cases.csv`` and ``manifest.json`` are rewritten atomically under the dataset's lock (the
+    manifest is dropped first, so a crash in between leaves an unfinished folder, never a new
+    table beside an old manifest). The split is drawn over the same candidate cases as the
+    first prepare (``split_candidates`` in the manifest), with the marksheet recorded there.
+    Returns the new manifest.
+    """
+    from .splits import split_settings
+
+    out = Path(out)
+    split = split_settings(split)
+    with _exclusive(out / ".lock"):
+        manifest = json.loads((out / "manifest.json").read_text())
+        seed = int(manifest["params"]["seed"] if seed is None else seed)
+        labels = Path(manifest["labels"])
+        ms_path = labels / readers.MARKSHEET
+        if sha256_file(ms_path) != manifest["marksheet_sha256"]:
+            raise ValueError(f"{ms_path} changed since {out} was prepared; prepare it again")
+        ms = readers.read_marksheet(ms_path).set_index("case_id")
+        # every column as the text it is, so the rest of the table is written back unchanged
+        table = pd.read_csv(out / "cases.csv", dtype=str, keep_default_na=False)
+        candidates = manifest.get("split_candidates") or list(table["case_id"])
+        splits, name = _splits_of(candidates, ms, seed, split)
+        table["split"] = table["case_id"].map(splits["split"])
+        table["fold"] = table["case_id"].map(splits["fold"]).astype(int)
+        (out / "manifest.json").unlink()
+        with atomic_path(out / "cases.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        manifest.update(split_counts=_split_counts(table), splits=name, split=split,
+                        **(extra_manifest or {}))
+        write_json_atomic(out / "manifest.json", manifest)
+    return manifest
 
 
 def _fill(buffers: dict, n: int, i: int, arrays: dict) -> None:
@@ -627,5 +686,5 @@ def _versions() -> dict:
             **{k: v for k, v in package_versions(names).items() if v != "not installed"}}
 
 
-__all__ = ["prepare_dataset", "prepare_case", "PrepareReport", "PrepareError", "CaseError",
-           "crop_grid", "gland_centre", "zscore_clip", "clean_temporaries"]
+__all__ = ["prepare_dataset", "prepare_case", "update_splits", "PrepareReport", "PrepareError",
+           "CaseError", "crop_grid", "gland_centre", "zscore_clip", "clean_temporaries"]

@@ -346,11 +346,12 @@ def images_main(argv=None) -> int:
                     "interruption and are verified (md5 from the record) before use.",
         epilog="Examples:  python data_download/picai.py --folds 0 --dry-run\n"
                "           python data_download/picai.py --folds 0 --prepare\n"
-               "           python data_download/picai.py --folds 0 1 2 3 4",
+               "           python data_download/picai.py --profile full   # all 5 folds",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
-                   help="which of the 5 fold archives (0-4); default 0 (~300 cases, a Colab-sized "
-                        "subset); all five for the full profile")
+    p.add_argument("--folds", type=int, nargs="+", default=None, metavar="K",
+                   help="which of the 5 fold archives (0-4); default: the profile's "
+                        "data.download_folds (gpu: 0, ~300 cases, a Colab-sized subset; full: "
+                        "all five)")
     p.add_argument("--max-cases", type=int, default=None, metavar="N",
                    help="extract and prepare only the first N cases. NOTE: the download unit is "
                         "still a whole fold archive (several GB); this limits extraction and "
@@ -360,7 +361,8 @@ def images_main(argv=None) -> int:
                    help="after downloading, run prepare so the notebooks can use the data "
                         "(prostate-course run --profile gpu --set data.source=picai)")
     p.add_argument("--profile", default="gpu",
-                   help="profile whose spacing/crop prepare uses (default gpu)")
+                   help="profile whose download_folds, spacing, crop and split are used "
+                        "(default gpu)")
     p.add_argument("--workers", type=int, default=None, help="prepare worker processes")
     p.add_argument("--delete-archives", action="store_true",
                    help="delete each fold archive once fully extracted and verified (saves "
@@ -373,8 +375,12 @@ def images_main(argv=None) -> int:
     if a.max_cases is not None and a.max_cases < 1:
         p.error("--max-cases must be >= 1")
     try:
+        if a.folds is None:
+            from ..profile import load_profile
+
+            a.folds = load_profile(a.profile).download_folds
         folds = sources.check_folds(a.folds)
-    except ValueError as e:
+    except (ValueError, KeyError) as e:  # a bad fold, or an unknown profile
         p.error(str(e))
     print_license_notice()
     if a.dry_run:

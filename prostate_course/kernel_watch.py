@@ -144,14 +144,15 @@ class TreeSampler(threading.Thread):
     The kernel is found through the watcher's status file (its ``kernel_pid``); until then,
     and where there is no watcher, the descendants of ``root_pid`` (papermill) are summed.
     ``peak_mb`` is the largest sum seen (RSS of every process of the tree: pages shared by
-    forked workers count once per process, so it errs high); ``pids`` every process seen.
+    forked workers count once per process, so it errs high); ``seen`` every process seen, as
+    psutil processes (which refuse to signal a pid that was reused meanwhile).
     """
 
     def __init__(self, root_pid: int, status_path=None, interval: float = 0.2):
         super().__init__(daemon=True)
         self.root_pid, self.status_path, self.interval = root_pid, status_path, interval
         self.peak_mb = 0.0
-        self.pids: set = set()
+        self.seen: dict = {}
         self.kernel_pid: int | None = None
         self._stop_event = threading.Event()
 
@@ -165,9 +166,11 @@ class TreeSampler(threading.Thread):
             if self.kernel_pid is not None:
                 top = psutil.Process(self.kernel_pid)
                 return [top, *top.children(recursive=True)]
-            return psutil.Process(self.root_pid).children(recursive=True)
+            if self.root_pid > 0:
+                return psutil.Process(self.root_pid).children(recursive=True)
         except psutil.Error:
-            return []
+            pass
+        return []
 
     def sample(self) -> float:
         import psutil
@@ -176,7 +179,7 @@ class TreeSampler(threading.Thread):
         for proc in self._tree():
             try:
                 total += proc.memory_info().rss
-                self.pids.add(proc.pid)
+                self.seen.setdefault(proc.pid, proc)
             except psutil.Error:
                 pass
         self.peak_mb = max(self.peak_mb, total / 2**20)
@@ -196,10 +199,11 @@ class TreeSampler(threading.Thread):
         import psutil
 
         killed = []
-        for pid in sorted(self.pids | ({self.kernel_pid} if self.kernel_pid else set())):
+        for pid, proc in sorted(self.seen.items()):
             try:
-                psutil.Process(pid).kill()
-                killed.append(pid)
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    proc.kill()
+                    killed.append(pid)
             except psutil.Error:
                 pass
         return killed

@@ -159,8 +159,8 @@ def _stop(proc: subprocess.Popen, sampler: kernel_watch.TreeSampler) -> None:
         try:
             if os.name != "nt":
                 os.killpg(proc.pid, sig)  # papermill leads its own process group
-            else:  # pragma: no cover
-                proc.send_signal(sig)
+            else:  # pragma: no cover (Windows: no SIGINT to send to another process)
+                proc.terminate()
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -207,15 +207,16 @@ def execute_notebook(source: Path, output: Path, profile: Profile, overrides: di
            "--stderr-file", str(log_dir / f"{stem}.stderr.log")]
     t0 = time.perf_counter()
     timed_out = False
+    proc, sampler = None, kernel_watch.TreeSampler(0, status_file if jupyter_dir else None)
     with open(papermill_log, "w") as log:
-        # its own process group: Ctrl-C reaches only the runner, which then stops papermill
-        # (one SIGINT, so papermill can shut its kernel down in order)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env=_kernel_env(jupyter_dir, status_file),
-                                start_new_session=os.name != "nt")
-        sampler = kernel_watch.TreeSampler(proc.pid, status_file if jupyter_dir else None)
-        sampler.start()
         try:
+            # its own process group: Ctrl-C reaches only the runner, which then stops papermill
+            # (one SIGINT, so papermill can shut its kernel down in order)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=_kernel_env(jupyter_dir, status_file),
+                                    start_new_session=os.name != "nt")
+            sampler.root_pid = proc.pid
+            sampler.start()
             try:
                 rc = proc.wait(timeout=timeout_s + 60)
             except subprocess.TimeoutExpired:
@@ -223,7 +224,8 @@ def execute_notebook(source: Path, output: Path, profile: Profile, overrides: di
                 _stop(proc, sampler)
                 rc = proc.returncode
         except KeyboardInterrupt:
-            _stop(proc, sampler)
+            if proc is not None:
+                _stop(proc, sampler)
             raise NotebookStopped(NotebookRun(stem, output, time.perf_counter() - t0, False,
                                               "stopped (Ctrl-C)", "stopped", sampler.peak_mb,
                                               kernel_watch.read_status(status_file) or {})) from None

@@ -264,3 +264,39 @@ def test_describe_end_names_the_signal_and_the_memory():
     assert describe_end({"state": "ended", "signal": None, "exit_code": 3, "peak_rss_mb": 80}, 0, 1500) \
         .startswith("the kernel exited with code 3")
     assert "no exit status" in describe_end(None, 10, 1500)
+
+
+def test_tree_sampler_sums_the_kernel_tree_and_kills_what_is_left(tmp_path):
+    """papermill stand-in (holding 100 MB) -> kernel stand-in (150 MB) -> worker (80 MB): the
+    sampler sums the kernel's tree (from papermill's descendants, or from the kernel pid in the
+    watcher's status file), never papermill itself; kill_leftovers ends exactly that tree."""
+    from prostate_course.kernel_watch import TreeSampler
+
+    worker = "a = b'x' * (80 * 2**20); import time; time.sleep(60)"
+    kernel = ("import subprocess, sys, time\n"
+              f"w = subprocess.Popen([sys.executable, '-c', {worker!r}])\n"
+              "a = b'x' * (150 * 2**20); time.sleep(60)")
+    top = f"import subprocess, sys, time\nk = subprocess.Popen([sys.executable, '-c', {kernel!r}])\n" \
+          "a = b'x' * (100 * 2**20); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", top])
+    try:
+        s = TreeSampler(parent.pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and s.sample() < 230:
+            time.sleep(0.1)
+        assert 230 < s.peak_mb < 330, s.peak_mb  # 150 + 80 + two interpreters, not the 100
+        kern = psutil.Process(parent.pid).children()[0]
+        status = tmp_path / "k.json"
+        status.write_text(json.dumps({"state": "running", "kernel_pid": kern.pid}))
+        k = TreeSampler(parent.pid, status)
+        assert abs(k.sample() - s.peak_mb) < 20
+        tree = sorted([kern.pid, *(c.pid for c in kern.children())])
+        assert sorted(s.kill_leftovers()) == tree and len(tree) == 2
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(_gone(pid) for pid in tree):
+            time.sleep(0.05)  # SIGKILL is delivered asynchronously
+        assert all(_gone(pid) for pid in tree)
+        assert parent.poll() is None  # papermill's stand-in is not the runner's to kill
+    finally:
+        parent.kill()
+        parent.wait()

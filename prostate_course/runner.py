@@ -46,7 +46,9 @@ STOP_GRACE_S = 15.0
 
 class NotebookFailed(RuntimeError):
     """A notebook raised, its kernel died, or it timed out; the message says which, and shows
-    the failing cell for an error."""
+    the failing cell for an error. ``run`` holds what was measured (status, peak memory)."""
+
+    run: "NotebookRun | None" = None
 
 
 class NotebookStopped(Exception):
@@ -226,9 +228,10 @@ def execute_notebook(source: Path, output: Path, profile: Profile, overrides: di
         except KeyboardInterrupt:
             if proc is not None:
                 _stop(proc, sampler)
+            status = kernel_watch.read_status(status_file) or {}
+            peak = max(sampler.peak_mb, float(status.get("peak_rss_mb") or 0.0)) or None
             raise NotebookStopped(NotebookRun(stem, output, time.perf_counter() - t0, False,
-                                              "stopped (Ctrl-C)", "stopped", sampler.peak_mb,
-                                              kernel_watch.read_status(status_file) or {})) from None
+                                              "stopped (Ctrl-C)", "stopped", peak, status)) from None
         finally:
             sampler.stop()
     wall = time.perf_counter() - t0

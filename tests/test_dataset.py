@@ -157,7 +157,8 @@ def test_other_split_settings_recompute_the_split_not_the_cases(fake_generator, 
     assert other.table.groupby("patient_id")["split"].nunique().max() == 1
     pd.testing.assert_frame_equal(other.table.drop(columns=["split", "fold"]),
                                   ds.table.drop(columns=["split", "fold"]))
-    empty = other.slices(split="val")
+    with pytest.warns(UserWarning, match="no 'val' split"):
+        empty = other.slices(split="val")
     assert len(empty) == 0 and empty.images.shape[1:] == (3, 32, 32)
     assert len(other.slices(split="train")) > 0 and other.cache()["case_ids"] == list(other.table["case_id"])
     # back to the first settings: the first key and split again

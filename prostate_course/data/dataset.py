@@ -10,6 +10,7 @@ keyed by its parameters, so the runner and every notebook share one copy::
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def _select(table: pd.DataFrame, split, case_ids) -> list[str]:
         unknown = set(splits) - {"train", "val", "test"}
         if unknown:
             raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, val, test or all")
+        absent = [s for s in splits if not (t["split"] == s).any()]
+        if absent:  # e.g. "val" with data.split.val_fraction 0: an empty selection, said aloud
+            warnings.warn(f"this dataset has no {' or '.join(map(repr, absent))} split (see "
+                          f"data.split in the profile; val_fraction 0 means no validation "
+                          f"split): the selection is empty", stacklevel=3)
         t = t[t["split"].isin(splits)]
     if case_ids is not None:
         wanted = set(case_ids)

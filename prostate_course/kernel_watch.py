@@ -148,29 +148,40 @@ class TreeSampler(threading.Thread):
     psutil processes (which refuse to signal a pid that was reused meanwhile).
     """
 
-    def __init__(self, root_pid: int, status_path=None, interval: float = 0.2):
+    def __init__(self, root_pid: int, status_path=None, interval: float = 0.25,
+                 tree_every_s: float = 1.0):
         super().__init__(daemon=True)
         self.root_pid, self.status_path, self.interval = root_pid, status_path, interval
+        self.tree_every_s = tree_every_s
         self.peak_mb = 0.0
         self.seen: dict = {}
         self.kernel_pid: int | None = None
         self._stop_event = threading.Event()
+        self._tree_cache: list = []
+        self._tree_at = -1e9
 
     def _tree(self):
+        """The kernel's processes; the tree is listed again at most every ``tree_every_s``
+        (listing scans every process of the machine: ~5 ms; reading a few RSS is cheap)."""
         import psutil
 
         if self.kernel_pid is None and self.status_path is not None:
             st = read_status(self.status_path)
-            self.kernel_pid = st.get("kernel_pid") if st else None
+            if st and st.get("kernel_pid"):
+                self.kernel_pid, self._tree_at = st["kernel_pid"], -1e9
+        if time.monotonic() - self._tree_at < self.tree_every_s:
+            return self._tree_cache
+        tree = []
         try:
             if self.kernel_pid is not None:
                 top = psutil.Process(self.kernel_pid)
-                return [top, *top.children(recursive=True)]
-            if self.root_pid > 0:
-                return psutil.Process(self.root_pid).children(recursive=True)
+                tree = [top, *top.children(recursive=True)]
+            elif self.root_pid > 0:
+                tree = psutil.Process(self.root_pid).children(recursive=True)
         except psutil.Error:
             pass
-        return []
+        self._tree_cache, self._tree_at = tree, time.monotonic()
+        return tree
 
     def sample(self) -> float:
         import psutil

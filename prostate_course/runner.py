@@ -120,6 +120,22 @@ def failing_cell(executed: Path) -> str:
     return "(no cell with an error output; the kernel died or the notebook timed out)"
 
 
+def last_started_cell(executed: Path) -> str:
+    """The last code cell papermill started (it has a duration): the one that was running when a
+    notebook timed out. "" when there is none."""
+    if not executed.exists():
+        return ""
+    nb = nbformat.read(str(executed), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    started = [i for i, c in enumerate(code)
+               if c.metadata.get("papermill", {}).get("duration") is not None]
+    if not started:
+        return ""
+    i = started[-1]
+    src = "\n".join("    " + line for line in code[i].source.splitlines())
+    return f"the cell that was running (code cell {i + 1}):\n{src}"
+
+
 def _kernel_env(jupyter_dir: Path | None = None, status_file: Path | None = None) -> dict:
     env = dict(os.environ)
     # The "python3" kernelspec runs `python` from PATH: make it this interpreter.
@@ -245,7 +261,8 @@ def execute_notebook(source: Path, output: Path, profile: Profile, overrides: di
         reason = (f"timed out: it ran longer than {timeout_s} s (the profile's timeout_s)"
                   if timed_out else f"timed out: a cell ran longer than {timeout_s} s (the "
                                     f"profile's timeout_s) and was interrupted")
-        detail = "" if timed_out else failing_cell(output) + "\n"
+        running = last_started_cell(output)
+        detail = running + "\n" if running else ""
     elif _kernel_died(papermill_log):
         run.status = "kernel_died"
         reason = f"failed: {kernel_watch.describe_end(status, sampler.peak_mb, profile.memory_limit_mb)}"

@@ -6,9 +6,13 @@ import sys
 from pathlib import Path
 
 
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
+
 def cmd_run(args) -> int:
     from .profile import UnknownProfileError, load_profile, parse_override, resolve_profile_name
-    from .runner import NotebookFailed, run_course
+    from .runner import CourseInterrupted, NotebookFailed, run_course
 
     name = resolve_profile_name(args.profile)
     try:
@@ -23,7 +27,13 @@ def cmd_run(args) -> int:
     except NotebookFailed as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
-    except FileNotFoundError as e:
+    except CourseInterrupted as e:
+        print(f"\n{e.summary()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before the first notebook started
+        print("\ninterrupted before any notebook ran.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, ValueError) as e:  # no notebooks, no PI-CAI data, bad data.split
         return _user_error(e)
     return 0
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,31 @@ def test_primer_runs_on_the_real_picai_labels(tmp_path):
     text = "\n".join(o.get("text", "") for c in nbformat.read(str(out), as_version=4).cells
                      if c.cell_type == "code" for o in c.get("outputs", []))
     assert "cases: 1500" in text  # the real marksheet, not the synthetic one
+
+
+def test_ctrl_c_on_a_real_smoke_run(smoke_course, tmp_path):
+    """SIGINT (Ctrl-C) to `prostate-course run --profile smoke --only 00 01` while notebook 01
+    runs (the dataset is the one the smoke course prepared): 00 finished, 01 stopped, its
+    kernel gone, no results file for it, exit status 130."""
+    from test_runner import _gone, interrupt_run
+
+    root, _ = smoke_course
+    runs = tmp_path / "runs"
+    env = _env(root)
+    env["PROSTATE_COURSE_RUNS"] = str(runs)
+    t_running = []
+
+    def executing_for_a_while():  # its kernel has run cells for 3 s
+        t_running.append(time.monotonic())
+        return time.monotonic() - t_running[0] > 3
+
+    rc, out, err, status, stop_s = interrupt_run(
+        ["--profile", "smoke", "--only", "00", "01"], env, "01_transfer_learning", runs / "smoke",
+        ready=executing_for_a_while, timeout_s=600)
+    assert rc == 130, (out, err)
+    assert "finished: 00_bpmri_primer" in err and "stopped: 01_transfer_learning" in err, err
+    assert "Traceback" not in err
+    results = runs / "smoke" / "results"
+    assert (results / "00_bpmri_primer.json").is_file() and not (results / "01_transfer_learning.json").exists()
+    assert _gone(status["kernel_pid"]) and _gone(status["watcher_pid"])
+    assert stop_s < 20

@@ -195,15 +195,20 @@ class LabelPaths:
     gland_source: str  # "Guerbet23" | "Bosma22b" | "none"
     zones: Path | None
     zones_source: str  # model folder name, e.g. "Yuan23", or "none"
+    #: every gland mask present, in source order: ((source, path), ...); prepare falls back
+    #: along it when a mask is empty
+    glands: tuple = ()
 
 
 def find_labels(labels_root: str | os.PathLike, case_id: str) -> LabelPaths:
-    """Look up the picai_labels masks of ``case_id`` in the source order of DESIGN.md "Contracts".
+    """Look up the picai_labels masks of ``case_id`` in the course's source order
+    (docs/ARCHITECTURE.md "Raw layout").
 
     Lesions: human_expert/resampled (ISUP-valued) else human_expert/Pooch25 (binary, read as
     1 = csPCa grade unknown) else none (an empty mask: right for negatives; the caller flags a
     csPCa-positive case without one). Gland: whole_gland/AI/Guerbet23, then Bosma22b, then none
-    (the caller falls back to a centre crop). Zones: the first model folder under zonal_pz_tz/AI.
+    (the caller falls back to a centre crop); ``glands`` lists every gland mask present, so the
+    caller can pass over an empty one. Zones: the first model folder under zonal_pz_tz/AI.
     """
     root = Path(labels_root)
     name = f"{case_id}.nii.gz"
@@ -217,9 +222,10 @@ def find_labels(labels_root: str | os.PathLike, case_id: str) -> LabelPaths:
 
     lesion, lesion_src = first(LESION_SOURCES)
     gland, gland_src = first(GLAND_SOURCES)
+    glands = tuple((src, root / sub / name) for src, sub in GLAND_SOURCES if (root / sub / name).is_file())
     zone_dirs = sorted(p for p in (root / ZONES_DIR).glob("*") if p.is_dir()) if (root / ZONES_DIR).is_dir() else []
     zones, zones_src = first((d.name, str(d.relative_to(root))) for d in zone_dirs)
-    return LabelPaths(lesion, lesion_src, gland, gland_src, zones, zones_src)
+    return LabelPaths(lesion, lesion_src, gland, gland_src, zones, zones_src, glands)
 
 
 def read_mask(path: str | os.PathLike) -> sitk.Image:

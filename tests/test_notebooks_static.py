@@ -1,4 +1,4 @@
-"""Conventions every notebook in git must follow (DESIGN.md "Teaching material conventions")."""
+"""Conventions every notebook in git must follow (docs/ARCHITECTURE.md "Notebook contract", notebooks/_template.md)."""
 import re
 from pathlib import Path
 

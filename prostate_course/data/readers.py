@@ -6,7 +6,8 @@
   package (MONAI's own ``ITKReader`` needs ``itk``, a large extra install).
 - masks: picai_labels layout (``csPCa_lesion_delineations/...``, ``anatomical_delineations/...``)
   through nibabel (:func:`read_mask`), found by :func:`find_labels` in the source order of
-  DESIGN.md "Contracts".
+  docs/ARCHITECTURE.md "Raw layout" (lesions: human_expert/resampled, then Pooch25; gland:
+  Guerbet23, then Bosma22b, then none).
 - clinical table: :func:`read_marksheet` (one typed row per case), :func:`lesion_table` (one row
   per lesion) and :func:`pirads_consensus` (majority PI-RADS and confidence, Ruppli et al. 2023).
 
@@ -31,7 +32,8 @@ from .layout import (  # re-exported: readers.MARKSHEET etc. keep working
     SEQUENCES, ZONES_DIR,
 )
 
-#: Confidence given to an exam with a single usable report. SCIENCE.md: it must be smaller than
+#: Confidence given to an exam with a single usable report (Ruppli et al. 2023 give a single
+#: report a small epsilon): it must be smaller than
 #: the least confidence possible with 7 reports (2*(4/7 - 1/2) = 0.143), so one report never
 #: outweighs a real (if weak) consensus.
 SINGLE_REPORT_CONF = 0.1

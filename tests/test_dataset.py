@@ -150,8 +150,8 @@ def test_ensure_dataset_makes_then_reuses(fake_generator, tmp_path):
     m = json.loads((ds.root / "manifest.json").read_text())
     # the key = the folder (cases, cache) + the split settings
     assert m["profile"] == "smoke" and m["key"] == ds.key and m["key"].startswith(ds.root.name + "-split-")
-    assert m["splits"] == "course" and m["split"] == {"scheme": "course", "test_fraction": 0.25,
-                                                      "val_fraction": 0.15}
+    want = {k: prof.data["split"][k] for k in ("scheme", "test_fraction", "val_fraction")}
+    assert m["splits"] == "course" and m["split"] == want        # the profile's split, recorded
     stamp = (ds.root / "manifest.json").stat().st_mtime_ns
     again = ensure_dataset(prof, workers=1, progress=False)
     assert again.root == ds.root and len(fake_generator) == 1

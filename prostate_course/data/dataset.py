@@ -254,17 +254,18 @@ class PreparedDataset:
         Images stay float16 as cached (half the memory of float32; batches are cast)."""
         ids, idx, t = self._rows(split, case_ids)
         c = self.cache()
-        imgs, les, gl = c["images"][idx], c["lesions"][idx], c["gland"][idx]
-        n, _, d, h, w = imgs.shape
+        gl = c["gland"][idx]                    # (n, D, H, W) uint8: small
+        n, d = gl.shape[:2]
         keep = torch.ones(n, d, dtype=torch.bool)
         if gland_only:
             has = (gl.flatten(2) > 0).any(-1)  # (n, d) bool
             no_gland = ~has.any(-1)
             keep = has | no_gland[:, None]
         ci, zi = keep.nonzero(as_tuple=True)
-        lesion_slices = les[ci, zi]
+        rows = idx[ci]                          # one gather from the cache, no volume copy
+        lesion_slices = c["lesions"][rows, zi]
         return SliceSet(
-            images=imgs[ci, :, zi],
+            images=c["images"][rows, :, zi],
             slice_label=(lesion_slices.flatten(1) > 0).any(-1).long(),
             case_index=ci.long(),
             case_ids=ids,
@@ -272,7 +273,7 @@ class PreparedDataset:
             patient_ids=list(t["patient_id"]),
             slice_z=zi.long(),
             lesion_mask=lesion_slices if masks else None,
-            gland_mask=gl[ci, zi] if masks else None,
+            gland_mask=c["gland"][rows, zi] if masks else None,
             meta=_meta(t),
         )
 

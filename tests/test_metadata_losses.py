@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prostate_course.ssl.losses import DCLLoss
 from prostate_course.ssl.metadata_losses import (ConditionalContrastive, YAwareInfoNCE,
                                                  conditional_kernel, metadata_kernel,
                                                  supcon_majority)
@@ -229,6 +230,7 @@ def test_conditional_is_dcl_without_annotated_exams():
         got = float(ConditionalContrastive(temperature=0.3, use_confidence=use_conf)(
             b["za"], b["zb"], pirads_majority=none, pirads_conf=torch.zeros(8, dtype=torch.float64)))
         assert got == pytest.approx(ref_dcl(np_(b["za"]), np_(b["zb"]), 0.3), rel=1e-10)
+    assert got == pytest.approx(float(DCLLoss(0.3)(b["za"], b["zb"])), rel=1e-10)   # notebook 03's DCL
 
 
 def test_conditional_uniformity_equals_global_without_annotated_exams():

@@ -15,7 +15,9 @@ always has weight 1. ``weights(...)`` returns the row-normalised matrix, ``W~ = 
 normalises columns; for a symmetric W that gives each *anchor* the wrong total weight whenever
 two anchors have different row sums).
 
-The similarity and the loss are computed in float32 outside autocast, whatever the AMP setting.
+Both subclass :class:`prostate_course.ssl.losses.TwoViewLoss` (input checks, normalisation);
+the similarity and the loss are computed in float32 (float64 kept) outside autocast, whatever the
+AMP setting.
 """
 from __future__ import annotations
 
@@ -23,20 +25,11 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from .losses import TwoViewLoss, similarity_logits, stack_views
 
 
 # ------------------------------------------------------------------------------- helpers
-def _stack(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-    if z_a.ndim != 2 or z_a.shape != z_b.shape:
-        raise ValueError(f"need two (B, d) projections of the same shape, got {tuple(z_a.shape)} "
-                         f"and {tuple(z_b.shape)}")
-    if z_a.shape[0] < 2:
-        raise ValueError(f"a contrastive batch needs at least 2 exams, got {z_a.shape[0]}")
-    z = torch.cat([z_a, z_b])
-    return F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
-
 
 def _meta(batch_meta: dict, key: str, n: int, device, dtype=torch.float32) -> torch.Tensor:
     if key not in batch_meta:
@@ -60,8 +53,21 @@ def row_normalise(w: torch.Tensor) -> torch.Tensor:
     return w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
 
 
-def _no_autocast(z: torch.Tensor):
-    return torch.autocast(device_type=z.device.type, enabled=False)
+class _MetadataLoss(TwoViewLoss):
+    """A two-view loss whose weights come from the batch's metadata: ``weights`` is computed
+    from the (B, d) projections' batch and its metadata, the loss outside autocast."""
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, **batch_meta) -> torch.Tensor:
+        with torch.autocast(device_type=z_a.device.type, enabled=False):
+            z = stack_views(z_a, z_b)
+            return self.views_loss(z, **batch_meta)
+
+    def exam_weights(self, z: torch.Tensor, **batch_meta) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def weights(self, z_a: torch.Tensor, z_b: torch.Tensor | None = None, **batch_meta) -> torch.Tensor:
+        """The row-normalised (2B, 2B) weight matrix W~ of the batch of ``z_a`` (B, d)."""
+        return row_normalise(_to_views(self.exam_weights(z_a, **batch_meta)))
 
 
 # ---------------------------------------------------------------------------- y-Aware
@@ -92,7 +98,7 @@ def metadata_kernel(y: torch.Tensor, sigma, kernel: str = "rbf") -> torch.Tensor
     return w.fill_diagonal_(1.0)
 
 
-class YAwareInfoNCE(nn.Module):
+class YAwareInfoNCE(_MetadataLoss):
     """y-Aware InfoNCE (Dufumier et al., MICCAI 2021, "Contrastive learning with continuous
     proxy meta-data for 3D MRI classification").
 
@@ -109,32 +115,25 @@ class YAwareInfoNCE(nn.Module):
 
     def __init__(self, variables: Sequence[str] | str, sigma=1.0, temperature: float = 0.1,
                  kernel: str = "rbf"):
-        super().__init__()
+        super().__init__(temperature)
         self.variables = [variables] if isinstance(variables, str) else list(variables)
         if not self.variables:
             raise ValueError("y-Aware InfoNCE needs at least one metadata variable")
-        self.sigma, self.temperature, self.kernel = sigma, float(temperature), kernel
+        self.sigma, self.kernel = sigma, kernel
         metadata_kernel(torch.zeros(2, len(self.variables)), sigma, kernel)   # validates now
 
-    def _y(self, z, batch_meta) -> torch.Tensor:
+    def exam_weights(self, z: torch.Tensor, **batch_meta) -> torch.Tensor:
+        """(B, B) exam weights (:func:`metadata_kernel`) for the batch of ``z`` (B, d)."""
         dt = torch.promote_types(z.dtype, torch.float32)
-        return torch.stack([_meta(batch_meta, k, z.shape[0], z.device, dt) for k in self.variables], dim=1)
+        y = torch.stack([_meta(batch_meta, k, z.shape[0], z.device, dt) for k in self.variables], dim=1)
+        return metadata_kernel(y, self.sigma, self.kernel)
 
-    def weights(self, z_a: torch.Tensor, z_b: torch.Tensor | None = None, **batch_meta) -> torch.Tensor:
-        """The row-normalised (2B, 2B) weight matrix W~ of this batch."""
-        y = self._y(z_a, batch_meta)
-        return row_normalise(_to_views(metadata_kernel(y, self.sigma, self.kernel)))
-
-    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, **batch_meta) -> torch.Tensor:
-        with _no_autocast(z_a):
-            z = _stack(z_a, z_b)
-            w = self.weights(z_a, **batch_meta)
-            n = z.shape[0]
-            logits = (z @ z.T) / self.temperature
-            logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), -math.inf)
-            log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-            log_prob = log_prob.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), 0.0)
-            return -(w * log_prob).sum(1).mean()
+    def views_loss(self, z: torch.Tensor, **batch_meta) -> torch.Tensor:
+        w = self.weights(z[: len(z) // 2], **batch_meta)
+        logits = similarity_logits(z, self.temperature)          # self-pairs -inf
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        return -(w * log_prob.masked_fill(eye, 0.0)).sum(1).mean()
 
     def extra_repr(self) -> str:
         return (f"variables={self.variables}, sigma={self.sigma}, temperature={self.temperature}, "
@@ -161,7 +160,7 @@ def conditional_kernel(labels: torch.Tensor, conf: torch.Tensor | None = None) -
     return w.fill_diagonal_(1.0)
 
 
-class ConditionalContrastive(nn.Module):
+class ConditionalContrastive(_MetadataLoss):
     """Decoupled conditional contrastive loss with variable metadata (Ruppli et al., MILLanD /
     MICCAI 2023, arXiv 2308.09542): PI-RADS from several reports, each exam's majority label y^
     weighted by the readers' agreement c = 2 (p_maj - 1/2); unannotated exams in the same loss.
@@ -195,12 +194,12 @@ class ConditionalContrastive(nn.Module):
                  form: str = "infonce", uniformity: str = "conditional", unif_t: float = 2.0,
                  unif_weight: float = 1.0, label_key: str = "pirads_majority",
                  conf_key: str = "pirads_conf"):
-        super().__init__()
+        super().__init__(temperature)
         if form not in ("infonce", "align_unif"):
             raise ValueError(f"form must be 'infonce' or 'align_unif', got {form!r}")
         if uniformity not in ("conditional", "global"):
             raise ValueError(f"uniformity must be 'conditional' or 'global', got {uniformity!r}")
-        self.temperature, self.use_confidence, self.form = float(temperature), use_confidence, form
+        self.use_confidence, self.form = use_confidence, form
         self.uniformity, self.unif_t, self.unif_weight = uniformity, float(unif_t), float(unif_weight)
         self.label_key, self.conf_key = label_key, conf_key
 
@@ -211,22 +210,16 @@ class ConditionalContrastive(nn.Module):
         c = _meta(batch_meta, self.conf_key, n, z.device, dt) if self.use_confidence else None
         return conditional_kernel(y, c)
 
-    def weights(self, z_a: torch.Tensor, z_b: torch.Tensor | None = None, **batch_meta) -> torch.Tensor:
-        """The row-normalised (2B, 2B) weight matrix W~ of this batch."""
-        return row_normalise(_to_views(self.exam_weights(z_a, **batch_meta)))
-
-    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, **batch_meta) -> torch.Tensor:
-        with _no_autocast(z_a):
-            z = _stack(z_a, z_b)
-            n = z.shape[0]
-            w_raw = _to_views(self.exam_weights(z_a, **batch_meta))
-            w = row_normalise(w_raw)
-            eye = torch.eye(n, dtype=torch.bool, device=z.device)
-            if self.form == "infonce":
-                return self._infonce(z, w, (w_raw <= 0) & ~eye)
-            other = ~(eye | (_to_views(torch.eye(n // 2, device=z.device)) > 0))   # other exams
-            rep = other & (w_raw <= 0) if self.uniformity == "conditional" else other
-            return self._align_unif(z, w, rep)
+    def views_loss(self, z: torch.Tensor, **batch_meta) -> torch.Tensor:
+        n = z.shape[0]
+        w_raw = _to_views(self.exam_weights(z[: n // 2], **batch_meta))
+        w = row_normalise(w_raw)
+        eye = torch.eye(n, dtype=torch.bool, device=z.device)
+        if self.form == "infonce":
+            return self._infonce(z, w, (w_raw <= 0) & ~eye)
+        other = ~(eye | (_to_views(torch.eye(n // 2, device=z.device)) > 0))   # other exams
+        rep = other & (w_raw <= 0) if self.uniformity == "conditional" else other
+        return self._align_unif(z, w, rep)
 
     def _infonce(self, z, w, neg):
         logits = (z @ z.T) / self.temperature

@@ -231,6 +231,14 @@ def _synth_manifest(raw_root) -> dict:
     return json.loads(p.read_text())
 
 
+def cohort_reader_noise(raw_root) -> float:
+    """The per-reading noise the synthetic cohort in ``raw_root`` was generated with."""
+    from ..data.synthetic import SynthParams
+
+    params = _synth_manifest(raw_root).get("params") or {}
+    return float(params.get("reader_noise", SynthParams().reader_noise))
+
+
 def resample_reports(table: pd.DataFrame, raw_root, reader_noise: float) -> pd.DataFrame:
     """``table`` with the PI-RADS reports of every exam read again by the synthetic cohort's
     readers at per-reading noise ``reader_noise`` (the generator's ``SynthParams.reader_noise``);
@@ -256,7 +264,7 @@ def resample_reports(table: pd.DataFrame, raw_root, reader_noise: float) -> pd.D
         ids = sim["patient_id"].astype(str) + "_" + sim["study_id"].astype(str)
         return pd.Series(sim["pirads_reports"].fillna("").astype(str).to_numpy(), index=ids)
 
-    own = reports(params.get("reader_noise", 0.4))
+    own = reports(cohort_reader_noise(raw_root))
     ids = table["case_id"].astype(str)
     missing = [c for c in ids if c not in own.index]
     if missing:
@@ -300,4 +308,4 @@ def reader_noise_summary(tables: dict, outcome: bool = True) -> pd.DataFrame:
 
 __all__ = ["CONTINUOUS", "LOG_SCALE", "STATUSES", "binarise", "pirads_labels", "report_status",
            "confidence_levels", "agreement_table", "agreement_kappas", "label_noise_by_confidence",
-           "Standardiser", "pretraining_set", "resample_reports", "reader_noise_summary"]
+           "Standardiser", "pretraining_set", "cohort_reader_noise", "resample_reports", "reader_noise_summary"]

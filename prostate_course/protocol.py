@@ -79,6 +79,7 @@ def from_checkpoint(path, expect: dict | None = None) -> Callable[[int], nn.Modu
         return enc
 
     init.checkpoint = str(path)
+    init.same_for_every_seed = "{seed}" not in str(path)
     return init
 
 
@@ -280,9 +281,14 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
             extra = {"best_epoch": res.best_epoch, "epochs_run": len(res.history), "steps": res.steps}
             del model
         else:
-            key = (arm.method, seed)
-            if key not in feats:                  # one encoder's features serve every budget
-                feats.clear()
+            # one encoder's features serve every budget; a factory that gives the same encoder
+            # for every seed (init.same_for_every_seed, e.g. one checkpoint for all seeds) is
+            # embedded once for all seeds, the others once per seed (one at a time)
+            shared = bool(getattr(arm.init, "same_for_every_seed", False))
+            key = (arm.method, None if shared else seed)
+            if key not in feats:
+                for k in [k for k in feats if k[1] is not None]:
+                    del feats[k]
                 enc = arm.init(seed)
                 feats[key] = {"train": extract_features(enc, train.images, device=device),
                               "test": extract_features(enc, test.images, device=device)}

@@ -72,7 +72,8 @@ def check_prediction(prediction) -> str:
 
 def check_temperature_conclusion(conclusion, prediction, uniform_low: float, uniform_high: float) -> str:
     """``conclusion`` ("low" / "high") must name the run whose held-out uniformity is lower."""
-    check_prediction(conclusion)
+    if conclusion not in ("low", "high"):
+        raise AssertionError(f'answer "low" or "high", got {conclusion!r}')
     measured = "low" if uniform_low < uniform_high else "high"
     if conclusion != measured:
         raise AssertionError(f"read the numbers again: uniformity {uniform_low:.3f} at the low and "

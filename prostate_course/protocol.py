@@ -79,7 +79,7 @@ def from_checkpoint(path, expect: dict | None = None) -> Callable[[int], nn.Modu
         return enc
 
     init.checkpoint = str(path)
-    init.same_for_every_seed = "{seed}" not in str(path)
+    init.seed_independent = "{seed}" not in str(path)   # one file for every seed
     return init
 
 
@@ -281,11 +281,10 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
             extra = {"best_epoch": res.best_epoch, "epochs_run": len(res.history), "steps": res.steps}
             del model
         else:
-            # one encoder's features serve every budget; a factory that gives the same encoder
-            # for every seed (init.same_for_every_seed, e.g. one checkpoint for all seeds) is
-            # embedded once for all seeds, the others once per seed (one at a time)
-            shared = bool(getattr(arm.init, "same_for_every_seed", False))
-            key = (arm.method, None if shared else seed)
+            # one encoder's features serve every budget; a seed-independent encoder's (e.g. one
+            # checkpoint for every seed) every seed too, so they are kept across seeds
+            fixed = bool(getattr(arm.init, "seed_independent", False))
+            key = (arm.method, None if fixed else seed)
             if key not in feats:
                 for k in [k for k in feats if k[1] is not None]:
                     del feats[k]

@@ -69,7 +69,7 @@ def test_run_sweep_sees_equal_images_and_arms_share_one_encoder():
     assert [a.method for a in arms] == [r.name for r in runs] and arms[0].protocol == "linear_probe"
     a, b = arms[0].init(0), arms[0].init(1)
     assert a is not b and torch.equal(a.conv1.weight, runs[0].encoder.conv1.weight)
-    assert arms[0].init.same_for_every_seed
+    assert arms[0].init.seed_independent
 
 
 def test_shared_encoder_features_are_computed_once_for_every_seed():
@@ -82,7 +82,7 @@ def test_shared_encoder_features_are_computed_once_for_every_seed():
         torch.manual_seed(0)
         return protocol.random_init(0)
 
-    shared.same_for_every_seed = True
+    shared.seed_independent = True
 
     def per_seed(seed):
         calls.append(("per_seed", seed))

@@ -352,7 +352,7 @@ def encoder_or_stand_in(profile: str, method: str, dataset, seed: int = 0, *,
     def init(_seed: int) -> nn.Module:
         return copy.deepcopy(enc)
 
-    init.same_for_every_seed = True
+    init.seed_independent = True
     return init, reason, reason
 
 

@@ -80,7 +80,7 @@ def sweep_arms(runs: Sequence[SweepRun], protocol: str = "linear_probe") -> list
         def init(_seed, enc=r.encoder):
             return copy.deepcopy(enc)
 
-        init.same_for_every_seed = True
+        init.seed_independent = True
         arms.append(Arm(r.name, init, protocol=protocol))
     return arms
 

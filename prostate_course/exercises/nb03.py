@@ -1,114 +1,137 @@
-"""Checks for notebook 03 (contrastive pretraining). Each takes the student's answer, raises
-AssertionError with a hint when it is wrong, and prints and returns a short success message."""
+"""Checks of notebook 03 (contrastive pretraining).
+
+1. :func:`check_ntxent`: NT-Xent written by hand, against the course's loss on random
+   projections (formula); leaving out the positive (DCL), keeping the self-similarity or
+   skipping the normalisation each get their own hint.
+2. :func:`check_temperature_conclusion`: predict which temperature
+   spreads the projections more, run two short pretrainings, read the held-out uniformity
+   (experiment: the conclusion is checked against the measured numbers, the prediction recorded).
+3. :func:`check_resolved_budgets`: read the paired-deltas table: which budgets are resolved
+   better (the whole interval above 0, not a positive mean).
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..compare import resolved
-from ..ssl.losses import DCLLoss, NTXentLoss
+from . import call_answer, correct, is_unanswered, unanswered, wrong
+
+EX1 = "Exercise 1 (NT-Xent by hand)"
+EX2 = "Exercise 2 (the temperature experiment)"
+EX3 = "Exercise 3 (what is resolved?)"
+TEMPERATURES = ("low", "high")
 
 
-def _variants(z_a, z_b, t):
-    """What common slips compute instead of NT-Xent, for hints."""
-    z = torch.cat([z_a, z_b])
-    zn = F.normalize(z, dim=1)
+# ------------------------------------------------------------------------------ exercise 1
+def _ntxent_reference(z_a, z_b, t):
+    from ..ssl.losses import NTXentLoss
+
+    return NTXentLoss(t)(z_a, z_b)
+
+
+def _slips(z_a, z_b, t) -> dict:
+    """What common slips compute instead of NT-Xent, each with its hint."""
+    from ..ssl.losses import DCLLoss
+
     b = len(z_a)
     pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
     rows = torch.arange(2 * b)
 
-    def ce(zz, mask_self=True):
-        logits = zz @ zz.T / t
+    def ce(z, mask_self=True):
+        logits = z @ z.T / t
         if mask_self:
             logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool), float("-inf"))
         return (torch.logsumexp(logits, 1) - logits[rows, pos]).mean()
 
-    return {"dcl": DCLLoss(t)(z_a, z_b), "self in the denominator": ce(zn, mask_self=False),
-            "no normalisation": ce(z)}
+    z = torch.cat([z_a, z_b])
+    return {"you left the positive out of the denominator: that is DCL, NT-Xent keeps it "
+            "(the sum runs over every k != i)": DCLLoss(t)(z_a, z_b),
+            "the view's similarity with itself (k = i) must not be in the sum":
+                ce(F.normalize(z, dim=1), mask_self=False),
+            "L2-normalise the projections first (s_ik is a cosine similarity)": ce(z)}
 
 
-def check_ntxent(fn, trials: int = 3) -> str:
-    """``fn(z_a, z_b, t) -> scalar`` must equal NT-Xent on random (unnormalised) projections."""
+def check_ntxent(fn):
+    """``fn(z_a, z_b, t) -> scalar`` must equal NT-Xent on random, unnormalised projections."""
+    if is_unanswered(fn):
+        return unanswered(EX1, _ntxent_reference)
     g = torch.Generator().manual_seed(3)
-    cases = [(4, 8, 0.5), (16, 32, 0.1), (9, 5, 1.0)]
-    for i in range(trials):
-        b, d, t = cases[i % len(cases)]
+    for b, d, t in ((4, 8, 0.5), (16, 32, 0.1), (9, 5, 1.0)):
         z_a = 2 * torch.randn(b, d, generator=g, dtype=torch.float64)
         z_b = z_a + torch.randn(b, d, generator=g, dtype=torch.float64)
-        want = float(NTXentLoss(t)(z_a, z_b))
+        got = call_answer(EX1, fn, z_a.clone(), z_b.clone(), t)
+        if is_unanswered(got):
+            return unanswered(EX1, _ntxent_reference)
         try:
-            got = float(fn(z_a.clone(), z_b.clone(), t))
-        except Exception as e:  # noqa: BLE001 - the student's code may fail in any way
-            raise AssertionError(f"your function raised {type(e).__name__}: {e}") from e
-        if abs(got - want) > 1e-6 * max(1.0, abs(want)):
-            for name, v in _variants(z_a, z_b, t).items():
-                if abs(got - float(v)) < 1e-6 * max(1.0, abs(float(v))):
-                    hint = {"dcl": "you left the positive out of the denominator: that is DCL, "
-                                   "NT-Xent keeps it (sum over every k != i)",
-                            "self in the denominator": "the anchor's similarity with itself "
-                                   "(k = i) must not be in the sum",
-                            "no normalisation": "L2-normalise the projections first (s_ik is a "
-                                   "cosine similarity)"}[name]
-                    raise AssertionError(f"B={b}, t={t}: got {got:.4f}, expected {want:.4f}: {hint}")
-            raise AssertionError(f"B={b}, t={t}: got {got:.4f}, expected {want:.4f}. Stack "
-                                 "[z_a; z_b], normalise, divide the similarities by t, mask the "
-                                 "diagonal, and average -log softmax of the positive over all 2B anchors")
-    msg = "correct: your NT-Xent equals prostate_course.ssl.losses.NTXentLoss (and MONAI's ContrastiveLoss)"
-    print(msg)
-    return msg
+            got = float(got)
+        except (TypeError, ValueError, RuntimeError):
+            raise wrong(EX1, f"return one number (a scalar tensor), got {type(got).__name__}") from None
+        want = float(_ntxent_reference(z_a, z_b, t))
+        if not np.isclose(got, want, rtol=1e-6, atol=1e-8):
+            hint = next((h for h, v in _slips(z_a, z_b, t).items()
+                         if np.isclose(got, float(v), rtol=1e-6, atol=1e-8)),
+                        "stack [z_a; z_b], normalise, divide the similarities by t, keep the "
+                        "diagonal out, and average -log softmax of the partner over all 2B views")
+            raise wrong(EX1, f"with B={b}, t={t} you give {got:.4f}, NT-Xent is {want:.4f}: {hint}")
+    correct(EX1, "your NT-Xent equals prostate_course.ssl.losses.NTXentLoss (and MONAI's ContrastiveLoss)")
+    return fn
 
 
-def check_prediction(prediction) -> str:
-    """The prediction of the temperature experiment: "low" or "high" (which temperature ends
-    with the lower, i.e. more spread-out, uniformity)."""
-    if prediction not in ("low", "high"):
-        raise AssertionError(f'answer "low" or "high" (the temperature whose run ends with the lower '
-                             f"uniformity), got {prediction!r}")
-    msg = f"recorded: you predict the {prediction} temperature spreads the projections more"
-    print(msg)
-    return msg
-
-
-def check_temperature_conclusion(conclusion, prediction, uniform_low: float, uniform_high: float) -> str:
+# ------------------------------------------------------------------------------ exercise 2
+def check_temperature_conclusion(conclusion, prediction, uniform_low: float, uniform_high: float):
     """``conclusion`` ("low" / "high") must name the run whose held-out uniformity is lower."""
-    if conclusion not in ("low", "high"):
-        raise AssertionError(f'answer "low" or "high", got {conclusion!r}')
     measured = "low" if uniform_low < uniform_high else "high"
+    if is_unanswered(conclusion):
+        return unanswered(EX2, measured)
+    if conclusion not in TEMPERATURES:
+        raise wrong(EX2, f'conclude "low" or "high", got {conclusion!r}')
     if conclusion != measured:
-        raise AssertionError(f"read the numbers again: uniformity {uniform_low:.3f} at the low and "
-                             f"{uniform_high:.3f} at the high temperature; lower is more spread out")
-    verdict = "as you predicted" if prediction == measured else "unlike your prediction"
-    msg = (f"correct: the {measured} temperature gave the lower uniformity ({uniform_low:.3f} vs "
-           f"{uniform_high:.3f}), {verdict}")
-    print(msg)
-    return msg
+        raise wrong(EX2, f"read the numbers again: uniformity {uniform_low:.3f} at the low and "
+                         f"{uniform_high:.3f} at the high temperature; lower is more spread out")
+    verdict = ("no prediction was recorded" if prediction not in TEMPERATURES else
+               "as you predicted" if prediction == measured else "unlike your prediction")
+    correct(EX2, f"the {measured} temperature gave the lower uniformity ({uniform_low:.3f} vs "
+                 f"{uniform_high:.3f}), {verdict}")
+    return conclusion
 
 
-def check_resolved_budgets(answer, deltas, method: str, protocol: str) -> str:
-    """``answer``: the label fractions (a list) at which ``method`` read out with ``protocol``
-    is *resolved better* than its reference in the paired-deltas table ``deltas``."""
+# ------------------------------------------------------------------------------ exercise 3
+def resolved_budgets(deltas, method: str, protocol: str) -> list:
+    """The label fractions at which ``method``/``protocol`` is resolved better than its reference."""
+    from ..compare import resolved
+
     d = deltas[(deltas["method"] == method) & (deltas["protocol"] == protocol)]
     if d.empty:
-        raise AssertionError(f"the table has no rows for {method} ({protocol})")
-    want = sorted(float(f) for f in d.loc[resolved(d) == "better", "label_fraction"])
+        raise ValueError(f"the table has no rows for {method} ({protocol})")
+    return sorted(float(f) for f in d.loc[resolved(d) == "better", "label_fraction"])
+
+
+def check_resolved_budgets(answer, deltas, method: str, protocol: str):
+    """``answer``: the label fractions (a list) at which ``method`` read out with ``protocol``
+    is *resolved better* than its reference in the paired-deltas table ``deltas``."""
+    want = resolved_budgets(deltas, method, protocol)
+    if is_unanswered(answer):
+        return unanswered(EX3, want)
     try:
         got = sorted(float(f) for f in answer)
-    except TypeError as e:
-        raise AssertionError(f"answer a list of label fractions, e.g. [0.05, 1.0], got {answer!r}") from e
+    except (TypeError, ValueError):
+        raise wrong(EX3, f"answer a list of label fractions, e.g. [0.05, 1.0], got {answer!r}") from None
+
     def same(a, b):
         return len(a) == len(b) and np.allclose(a, b)
 
     if not same(got, want):
+        d = deltas[(deltas["method"] == method) & (deltas["protocol"] == protocol)]
         positive = sorted(float(f) for f in d.loc[d["delta"] > 0, "label_fraction"])
-        if same(got, positive) and not same(positive, want):
-            raise AssertionError("a positive mean delta is not enough: the whole 95 % interval "
-                                 "(delta_lo to delta_hi) must lie above 0")
-        raise AssertionError(f"compare delta_lo with 0 row by row: {len(want)} budget(s) qualify")
-    msg = (f"correct: {method} ({protocol.replace('_', ' ')}) is resolved better at "
-           f"{', '.join(f'{f:.0%}' for f in want) if want else 'no budget'}")
-    print(msg)
-    return msg
+        if same(got, positive):
+            raise wrong(EX3, "a positive mean delta is not enough: the whole 95 % interval "
+                             "(delta_lo to delta_hi) must lie above 0")
+        raise wrong(EX3, f"compare delta_lo with 0 row by row: {len(want)} budget(s) qualify")
+    where = ", ".join(f"{f:.0%}" for f in want) if want else "no budget"
+    correct(EX3, f"{method} ({protocol.replace('_', ' ')}) is resolved better at {where}")
+    return answer
 
 
-__all__ = ["check_ntxent", "check_prediction", "check_temperature_conclusion", "check_resolved_budgets"]
+__all__ = ["check_ntxent", "check_temperature_conclusion",
+           "check_resolved_budgets", "resolved_budgets", "TEMPERATURES"]

@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 student-edition: $(STAMP)
-	$(BIN)/prostate-course student-edition --out student_edition
+	$(BIN)/prostate-course student-edition --out student
 
 lock: $(STAMP)
 	@echo "# Exact versions used by CI and Binder (pip install -c requirements/lock.txt -e .[dev])." > requirements/lock.txt.tmp

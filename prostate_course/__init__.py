@@ -11,6 +11,7 @@ tested. Modules:
 - :mod:`prostate_course.models` / :mod:`prostate_course.train` - encoders, heads, one training loop
 - :mod:`prostate_course.download` - robust download and safe extraction of the real data
 - :mod:`prostate_course.runner` / :mod:`prostate_course.cli` - run the course with papermill
+- :mod:`prostate_course.exercises` - one check function per notebook exercise (``pc.exercises.nb00``)
 """
 
 __version__ = "0.1.0"
@@ -18,3 +19,11 @@ __version__ = "0.1.0"
 #: The one place that names the repository (Colab badges and install cells are checked against it).
 REPO_SLUG = "prostate-course/prostate-course"
 REPO_URL = f"https://github.com/{REPO_SLUG}"
+
+
+def __getattr__(name):  # ``pc.exercises`` (and its stubs' UNANSWERED) without an explicit import
+    if name == "exercises":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.exercises")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,17 +6,15 @@ import sys
 from pathlib import Path
 
 
-def _auto_profile() -> str:
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
+#: Exit status after Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 def cmd_run(args) -> int:
-    from .profile import UnknownProfileError, load_profile, parse_override
-    from .runner import NotebookFailed, run_course
+    from .profile import UnknownProfileError, load_profile, parse_override, resolve_profile_name
+    from .runner import CourseInterrupted, NotebookFailed, run_course
 
-    name = _auto_profile() if args.profile == "auto" else args.profile
+    name = resolve_profile_name(args.profile)
     try:
         overrides = dict(parse_override(s) for s in args.set or [])
         profile = load_profile(name, overrides)
@@ -29,7 +27,13 @@ def cmd_run(args) -> int:
     except NotebookFailed as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
-    except FileNotFoundError as e:
+    except CourseInterrupted as e:
+        print(f"\n{e.summary()}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before the first notebook started
+        print("\ninterrupted before any notebook ran.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, ValueError) as e:  # no notebooks, no PI-CAI data, bad data.split
         return _user_error(e)
     return 0
 
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="execute the course notebooks with papermill for a profile")
     r.add_argument("--profile", default="smoke",
-                   help=f"one of {', '.join(available_profiles())}, or auto (gpu if CUDA else cpu)")
+                   help=f"one of {', '.join(available_profiles())}, or auto (gpu if CUDA or MPS, else cpu)")
     r.add_argument("--only", nargs="+", metavar="NN", help="only these notebooks, e.g. --only 00 01")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a profile key, e.g. --set data.n_cases=20 (repeatable)")
@@ -153,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     st = sub.add_parser("student-edition", help="copies of the notebooks with solutions stubbed")
-    st.add_argument("--out", default="student_edition")
+    st.add_argument("--out", default="student", help="output folder (default: student, the folder the "
+                    "Colab and Binder links open; regenerate it after editing notebooks/)")
     st.add_argument("--notebooks", help="source folder (default: the course's notebooks/)")
     st.set_defaults(func=cmd_student_edition)
     return p

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .paths import DATA_ENV, RUNS_ENV, run_root
-from .profile import Profile, load_profile
+from .profile import AUTO, Profile, load_profile, resolve_profile_name
 from .repro import (environment_report, format_environment_report, get_device,
                     limit_allocator_growth, seed_everything)
 from .results import Results
@@ -74,9 +74,40 @@ class Session:
         return ensure_raw(self.profile)
 
 
-def start(notebook: str, profile: str | Profile = "smoke", overrides: dict | None = None,
+#: Shown under the smoke profile: its numbers must not be read as results.
+SMOKE_BANNER = (
+    "*** SMOKE PROFILE ***  A tiny cohort and a few training steps: every number below only "
+    "proves that the code runs. It says nothing about the methods. For real lessons set "
+    'PROFILE = "auto" (gpu if there is one, else cpu) or "cpu".'
+)
+
+
+def _show_banner(text: str) -> None:
+    """A visible box in Jupyter (HTML), plain text elsewhere (papermill logs, scripts)."""
+    line = "*" * min(len(text), 96)
+    print(f"{line}\n{text}\n{line}")
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+
+        if get_ipython() is not None and type(get_ipython()).__name__ == "ZMQInteractiveShell":
+            display(HTML(f'<div style="border:3px solid #d50000;padding:8px;background:#fff3e0;'
+                         f'font-weight:bold">{text}</div>'))
+    except ImportError:
+        pass
+
+
+def start(notebook: str, profile: str | Profile = AUTO, overrides: dict | None = None,
           quiet: bool = False) -> Session:
-    """Set up a notebook run for ``profile`` and return the :class:`Session`."""
+    """Set up a notebook run for ``profile`` and return the :class:`Session`.
+
+    ``profile="auto"`` (the notebooks' default) picks gpu when torch sees CUDA or Apple MPS,
+    else cpu; the runner and CI pass a name (smoke in CI). Under smoke a banner warns that the
+    numbers only prove the code runs.
+    """
+    requested = profile
+    if isinstance(profile, str):
+        profile = resolve_profile_name(profile)
     prof = load_profile(profile, overrides)  # a Profile is returned as it is
     stem = Path(notebook).stem
     limit_allocator_growth()  # keep a long notebook's resident memory near what it uses
@@ -85,8 +116,11 @@ def start(notebook: str, profile: str | Profile = "smoke", overrides: dict | Non
     device = get_device(prof.device)
     env = environment_report(device)
     if not quiet:
-        print(f"prostate-course | notebook {stem} | profile {prof.name}: {prof.raw.get('description', '')}")
+        picked = f" (auto: {'a GPU was found' if prof.name == 'gpu' else 'no CUDA or MPS GPU'})" if requested == AUTO else ""
+        print(f"prostate-course | notebook {stem} | profile {prof.name}{picked}: {prof.raw.get('description', '')}")
         print(format_environment_report(env))
+        if prof.name == "smoke":
+            _show_banner(SMOKE_BANNER)
     results = Results(stem, prof.name, seeds=prof.seeds, device=str(device))
     return Session(notebook=stem, profile=prof, cfg=Config(prof.notebook(stem)), device=device,
                    results=results, seed=seed, environment=env)

@@ -38,8 +38,8 @@ if "google.colab" in sys.modules:
         prostate_course.course.use_google_drive()'''
 
 PARAMETERS_SOURCE = '''\
-PROFILE = "smoke"   # smoke | cpu | gpu | full  (see prostate_course/profiles/)
-OVERRIDES = {}      # dotted profile keys, e.g. {"notebooks.01.epochs": 5}'''
+PROFILE = "auto"    # auto (gpu if CUDA or MPS, else cpu) | smoke | cpu | gpu | full  (prostate_course/profiles/)
+OVERRIDES = {}      # dotted profile keys, e.g. {"protocol.finetune.epochs": 5}'''
 
 
 def setup_source() -> str:

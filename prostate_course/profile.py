@@ -1,10 +1,14 @@
 """Named run profiles: one YAML per profile, shipped in ``prostate_course/profiles/``.
 
-Keys (docs/ARCHITECTURE.md "Profiles"): ``name``, ``description``, ``device``,
-``timeout_s`` (per notebook), ``data`` {source, n_cases, seed, spacing (z, y, x mm), crop
-(z, y, x voxels), ...}, ``label_fractions``, ``seeds``, ``protocol`` (the fine-tuning and
-read-out settings every comparison of notebooks 01-05 shares, see :data:`PROTOCOL_DEFAULTS`)
-and ``notebooks`` {"00": {...}, "01": {...}} with each notebook's own settings.
+Keys (the README's "Profiles" table; docs/ARCHITECTURE.md, docs/PROTOCOL.md): ``name``,
+``description``, ``device``, ``timeout_s`` (per notebook), ``memory_limit_mb`` (peak resident
+memory a notebook may use; the runner's report flags any notebook above it; null = no limit),
+``data`` {source, n_cases, seed, spacing (z, y, x mm), crop (z, y, x voxels), download_folds
+(the PI-CAI image archives data_download fetches), split {scheme: course | picai_official,
+test_fraction, val_fraction, test_fold}}, ``label_fractions``, ``seeds``, ``protocol`` (the
+fine-tuning and read-out settings every comparison of notebooks 01-05 shares, see
+:data:`PROTOCOL_DEFAULTS`) and ``notebooks`` {"00": {...}, "01": {...}} with each notebook's
+own settings.
 """
 from __future__ import annotations
 
@@ -85,6 +89,17 @@ class Profile:
     def timeout_s(self) -> int:
         return int(self.raw.get("timeout_s", 1800))
 
+    @property
+    def memory_limit_mb(self) -> float | None:
+        """Peak resident memory (MB) a notebook may use at this profile; None = no limit."""
+        v = self.raw.get("memory_limit_mb")
+        return None if v is None else float(v)
+
+    @property
+    def download_folds(self) -> list[int]:
+        """The PI-CAI image archives (folds 0-4) ``data_download/picai.py`` fetches."""
+        return [int(k) for k in self.data.get("download_folds", [0])]
+
     def notebook(self, number: str) -> dict:
         """Settings of notebook ``number`` ("01" or "01_transfer_learning"), {} if none."""
         return dict(self.raw.get("notebooks", {}).get(str(number)[:2], {}) or {})
@@ -94,7 +109,9 @@ class Profile:
 
 
 #: keys a profile may leave out but an override may set
-OPTIONAL_KEYS = {"data.synth", "data.picai_folds"}
+OPTIONAL_KEYS = {"data.synth", "data.download_folds", "data.split", "data.split.scheme",
+                 "data.split.test_fraction", "data.split.val_fraction", "data.split.test_fold",
+                 "memory_limit_mb"}
 
 
 def _protocol_default(dotted: str) -> bool:
@@ -120,6 +137,21 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> bool:
     existed = keys[-1] in d
     d[keys[-1]] = value
     return existed
+
+
+#: The profile name that picks one for the machine: gpu with a CUDA or Apple MPS device, else cpu.
+AUTO = "auto"
+
+
+def resolve_profile_name(name: str) -> str:
+    """``"auto"`` -> ``"gpu"`` when torch sees a CUDA or MPS device, else ``"cpu"``; any other
+    name is returned unchanged (so notebooks default to real lessons, never to smoke)."""
+    if name != AUTO:
+        return name
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return "gpu" if torch.cuda.is_available() or (mps is not None and mps.is_available()) else "cpu"
 
 
 def load_profile(name: str, overrides: dict | None = None) -> Profile:

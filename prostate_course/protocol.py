@@ -431,7 +431,7 @@ def clinical_scores(table: pd.DataFrame, test_ids, train_ids=None) -> tuple[pd.D
     the case's reports; one routine report for real PI-CAI) and PSA density (ng/mL^2).
     Missing values are filled with the training cases' median, and each repair is listed.
     Rows: method "pirads" / "psad", protocol "clinical", no label fraction or seed."""
-    from .data.readers import _parse_reports as parse_reports
+    from .data.readers import parse_reports
 
     t = table.set_index("case_id")
     train_ids = list(t.index[t["split"] == "train"]) if train_ids is None else list(train_ids)

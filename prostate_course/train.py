@@ -112,12 +112,6 @@ class FitResult:
     def pos_weight(self):
         return self.info.get("pos_weight")
 
-    def plot(self, ax=None):
-        """Learning curves (see :func:`prostate_course.viz.plot_history`)."""
-        from .viz import plot_history
-
-        return plot_history(self.history, ax=ax, best_epoch=self.best_epoch)
-
     def summary(self) -> dict:
         """Small, JSON-safe facts for a checkpoint manifest or a results row."""
         last = self.history.iloc[-1].to_dict() if len(self.history) else {}
@@ -165,7 +159,7 @@ def _schedule(opt, kind: str | None, total: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def fit(model: nn.Module, data, val=None, *, step: Step | None = None, epochs: int = 10,
+def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
         batch_size: int = 32, steps_per_epoch: int | None = None,
         min_steps_per_epoch: int | None = None, max_steps_per_epoch: int | None = None,
         lr: float = 1e-3, weight_decay: float = 1e-4, params=None, schedule: str | None = "cosine",
@@ -173,7 +167,8 @@ def fit(model: nn.Module, data, val=None, *, step: Step | None = None, epochs: i
         patience: int | None = None, val_every: int = 1, seed: int = 0, amp="auto",
         device=None, channels_last: bool | None = None, compile: bool = False,
         restore_best: bool = True, progress: bool = True, desc: str = "fit") -> FitResult:
-    """Train ``model`` on ``data`` with ``step`` (default: slice classification).
+    """Train ``model`` on ``data`` with ``step`` (what one batch computes, e.g.
+    :class:`prostate_course.steps.ClassificationStep`).
 
     ``data`` / ``val``: whatever the step reads (a SliceSet for classification). ``params``: the
     parameters to optimise (default: every parameter that requires grad; freeze an encoder by
@@ -186,9 +181,6 @@ def fit(model: nn.Module, data, val=None, *, step: Step | None = None, epochs: i
     """
     from tqdm.auto import tqdm
 
-    from .steps import ClassificationStep
-
-    step = step if step is not None else ClassificationStep()
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
     device = torch.device(device) if device is not None else get_device()

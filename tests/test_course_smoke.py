@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,49 @@ def test_nbval_reproduces_checked_outputs(smoke_course):
     assert proc.returncode == 0, f"nbval found differences:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
 
 
+def _follows_exercise_convention(path: Path) -> str | None:
+    """None if every solution cell is followed by a check that calls prostate_course.exercises
+    (docs/ARCHITECTURE.md "Exercises"), else why not."""
+    import nbformat
+
+    cells = nbformat.read(str(path), as_version=4).cells
+    for i, c in enumerate(cells):
+        if "solution" in c.metadata.get("tags", []) and c.cell_type == "code":
+            nxt = next((d for d in cells[i + 1:] if d.cell_type == "code"), None)
+            if nxt is None or "exercises." not in nxt.source:
+                return (f"{path.name}: the check after solution cell {i} does not call "
+                        f"pc.exercises.* yet, so its stub would stop Run-All")
+    return None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_student_edition_runs_to_the_last_cell(smoke_course, path, tmp_path):
+    """The student edition on a fresh kernel: Run-All reaches the end, and each unanswered
+    exercise says so (the check returns the reference answer to the cells after it)."""
+    import nbformat
+
+    from prostate_course.editions import student_text
+
+    reason = _follows_exercise_convention(path)
+    if reason:
+        pytest.skip(reason)
+    root, _ = smoke_course          # its data root already holds the smoke dataset
+    text, n = student_text(path)
+    src, out = tmp_path / path.name, tmp_path / f"executed_{path.name}"
+    src.write_text(text)
+    env = _env(root)
+    env["PROSTATE_COURSE_RUNS"] = str(tmp_path / "runs")
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(src), str(out), "-p", "PROFILE", "smoke",
+                           "--cwd", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    cells = nbformat.read(str(out), as_version=4).cells
+    code = [c for c in cells if c.cell_type == "code"]
+    assert code[-1].get("execution_count") is not None, "Run-All did not reach the last cell"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+    text_out = "\n".join(o.get("text", "") for c in code for o in c.get("outputs", []))
+    assert text_out.count("unanswered: Exercise") == n, text_out[-3000:]
+
+
 def test_primer_runs_on_the_real_picai_labels(tmp_path):
     """Notebook 00 with LABELS_DIR pointing at the real picai_labels sample (tests/fixtures)."""
     import nbformat
@@ -82,3 +126,31 @@ def test_primer_runs_on_the_real_picai_labels(tmp_path):
     text = "\n".join(o.get("text", "") for c in nbformat.read(str(out), as_version=4).cells
                      if c.cell_type == "code" for o in c.get("outputs", []))
     assert "cases: 1500" in text  # the real marksheet, not the synthetic one
+
+
+def test_ctrl_c_on_a_real_smoke_run(smoke_course, tmp_path):
+    """SIGINT (Ctrl-C) to `prostate-course run --profile smoke --only 00 01` while notebook 01
+    runs (the dataset is the one the smoke course prepared): 00 finished, 01 stopped, its
+    kernel gone, no results file for it, exit status 130."""
+    from test_runner import _gone, interrupt_run
+
+    root, _ = smoke_course
+    runs = tmp_path / "runs"
+    env = _env(root)
+    env["PROSTATE_COURSE_RUNS"] = str(runs)
+    t_running = []
+
+    def executing_for_a_while():  # its kernel has run cells for 3 s
+        t_running.append(time.monotonic())
+        return time.monotonic() - t_running[0] > 3
+
+    rc, out, err, status, stop_s = interrupt_run(
+        ["--profile", "smoke", "--only", "00", "01"], env, "01_transfer_learning", runs / "smoke",
+        ready=executing_for_a_while, timeout_s=600)
+    assert rc == 130, (out, err)
+    assert "finished: 00_bpmri_primer" in err and "stopped: 01_transfer_learning" in err, err
+    assert "Traceback" not in err
+    results = runs / "smoke" / "results"
+    assert (results / "00_bpmri_primer.json").is_file() and not (results / "01_transfer_learning.json").exists()
+    assert _gone(status["kernel_pid"]) and _gone(status["watcher_pid"])
+    assert stop_s < 20

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import sys
 import types
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import DEFAULT_CASES, make_raw
 from prostate_course.data import ensure_dataset, label_budget
-from prostate_course.data.dataset import PreparedDataset, ensure_raw
+from prostate_course.data.dataset import PreparedDataset, dataset_key, ensure_raw
 from prostate_course.profile import load_profile
 
 
@@ -146,7 +148,10 @@ def test_ensure_dataset_makes_then_reuses(fake_generator, tmp_path):
     assert (tmp_path / "data" / "raw" / "synthetic-n4-s0-g2" / "images").is_dir()
     assert len(ds.table) == 4 and fake_generator == [(4, 0, {})]
     m = json.loads((ds.root / "manifest.json").read_text())
-    assert m["profile"] == "smoke" and m["key"] == ds.root.name
+    # the key = the folder (cases, cache) + the split settings
+    assert m["profile"] == "smoke" and m["key"] == ds.key and m["key"].startswith(ds.root.name + "-split-")
+    assert m["splits"] == "course" and m["split"] == {"scheme": "course", "test_fraction": 0.25,
+                                                      "val_fraction": 0.15}
     stamp = (ds.root / "manifest.json").stat().st_mtime_ns
     again = ensure_dataset(prof, workers=1, progress=False)
     assert again.root == ds.root and len(fake_generator) == 1
@@ -156,6 +161,44 @@ def test_ensure_dataset_makes_then_reuses(fake_generator, tmp_path):
     assert other.root != ds.root and other.cache()["images"].shape[-1] == 16 and len(fake_generator) == 1
     synth = ensure_raw(load_profile("smoke", {"data.n_cases": 3, "data.synth": {"lesion_rate": 0.5}}))
     assert synth.name.startswith("synthetic-n3-s0-") and fake_generator[-1] == (3, 0, {"lesion_rate": 0.5})
+
+
+def test_other_split_settings_recompute_the_split_not_the_cases(fake_generator, tmp_path):
+    """Changing data.split gives a new dataset key; the prepared folder is kept (no case is
+    prepared again, cache.pt is untouched) and only split/fold are recomputed. val_fraction 0:
+    no "val" split at all, and nothing breaks on its absence."""
+    base = {"data.n_cases": 4, "data.crop": [8, 32, 32]}
+    ds = ensure_dataset(load_profile("smoke", base), workers=1, progress=False)
+    stamps = {f: f.stat().st_mtime_ns for f in [ds.root / "cache.pt", *ds.root.glob("cases/*/meta.json")]}
+    prof = load_profile("smoke", {**base, "data.split": {"val_fraction": 0, "test_fraction": 0.5}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3 patients: a split may have no positive
+        other = ensure_dataset(prof, workers=1, progress=False)
+    assert other.root == ds.root and other.key != ds.key and other.key == dataset_key(prof)[0]
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+    assert set(other.table["split"]) == {"train", "test"} and (other.table["fold"][other.table.split == "test"] == -1).all()
+    assert other.manifest["split"]["val_fraction"] == 0 and "val" not in other.manifest["split_counts"]
+    assert other.table.groupby("patient_id")["split"].nunique().max() == 1
+    pd.testing.assert_frame_equal(other.table.drop(columns=["split", "fold"]),
+                                  ds.table.drop(columns=["split", "fold"]))
+    with pytest.warns(UserWarning, match="no 'val' split"):
+        empty = other.slices(split="val")
+    assert len(empty) == 0 and empty.images.shape[1:] == (3, 32, 32)
+    assert len(other.slices(split="train")) > 0 and other.cache()["case_ids"] == list(other.table["case_id"])
+    # back to the first settings: the first key and split again
+    back = ensure_dataset(load_profile("smoke", base), workers=1, progress=False)
+    assert back.key == ds.key and back.table["split"].tolist() == ds.table["split"].tolist()
+
+
+def test_bad_split_settings_are_named(fake_generator):
+    with pytest.raises(ValueError, match="data.split.scheme"):
+        ensure_dataset(load_profile("smoke", {"data.n_cases": 4, "data.split.scheme": "random"}))
+    with pytest.warns(UserWarning, match="no key 'data.split.test_frac'"), \
+            pytest.raises(ValueError, match="unknown key"):
+        ensure_dataset(load_profile("smoke", {"data.n_cases": 4, "data.split.test_frac": 0.3}))
+    with pytest.raises(ValueError, match="not public PI-CAI cases"):
+        ensure_dataset(load_profile("smoke", {"data.n_cases": 4, "data.split.scheme": "picai_official"}),
+                       workers=1, progress=False)
 
 
 def test_ensure_raw_resumes_an_interrupted_generation(fake_generator, monkeypatch, tmp_path):

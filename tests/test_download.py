@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import types
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,6 +238,129 @@ def test_connection_refused_is_clear(tmp_path):
                     manual_hint="To download by hand: X", **FAST)
     assert "offline" in str(e.value) and "by hand" in str(e.value)
     assert not (tmp_path / "f.bin").exists()
+
+
+# --------------------------------------------------------------- offline: fail fast
+UNRESOLVABLE = "picai-mirror.invalid"
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """A resolver that knows no ``UNRESOLVABLE`` (as offline), so no test depends on real DNS."""
+    real = socket.getaddrinfo
+
+    def fake(host, *a, **k):
+        if host == UNRESOLVABLE:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return f"http://{UNRESOLVABLE}"
+
+
+@pytest.mark.parametrize("where", ["closed port", "name that does not resolve"])
+def test_unreachable_host_fails_at_once_and_writes_nothing(tmp_path, no_dns, where):
+    """With the default 5 retries and 2 s back-off a retried failure would take 62 s."""
+    base = refused_url() if where == "closed port" else no_dns
+    msgs = []
+    t0 = time.monotonic()
+    with pytest.raises(dl.DownloadError) as e:
+        dl.download(base + "/f.bin", tmp_path / "dl" / "f.bin", retries=5, backoff=2.0,
+                    progress=False, manual_hint="To download by hand: X", log=msgs.append)
+    assert time.monotonic() - t0 < 5.0
+    assert "offline" in str(e.value) and "by hand" in str(e.value) and not msgs  # no retry
+    if where != "closed port":
+        assert "Name or service not known" in str(e.value)
+    assert not (tmp_path / "dl").exists()  # not even the folder or a lock
+    with pytest.raises(dl.DownloadError, match="offline"):
+        dl.fetch_json(base + "/api", retries=4, backoff=2.0, log=msgs.append)
+    assert not msgs
+
+
+def test_refused_by_a_host_that_answered_before_is_retried(tmp_path):
+    h = FakeHost()
+    h.files["/a.bin"] = PAYLOAD
+    base = h.base
+    dl.download(base + "/a.bin", tmp_path / "a.bin", **FAST)
+    h.close()  # the server went away (a restart): its port now refuses
+    msgs = []
+    with pytest.raises(dl.DownloadError, match="offline"):
+        dl.download(base + "/b.bin", tmp_path / "b.bin", retries=2, backoff=0.01, progress=False,
+                    log=msgs.append)
+    assert sum("retrying" in m for m in msgs) == 2
+
+
+def test_timeout_is_retried(tmp_path):
+    """A server that accepts the connection and then says nothing: a time-out, retried."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    msgs = []
+    try:
+        with pytest.raises(dl.DownloadError):
+            dl.download(f"http://127.0.0.1:{srv.getsockname()[1]}/f.bin", tmp_path / "f.bin",
+                        retries=2, backoff=0.01, timeout=0.3, progress=False, log=msgs.append)
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()
+    assert sum("retrying" in m for m in msgs) == 2 and len(held) == 3
+
+
+@pytest.mark.parametrize("code, retried", [(403, False), (410, False), (408, True), (429, True),
+                                           (502, True)])
+def test_client_errors_fail_at_once_408_429_5xx_retried(host, tmp_path, code, retried):
+    host.files["/f.bin"] = PAYLOAD
+    host.status["/f.bin"] = code
+    with pytest.raises(dl.DownloadError, match=f"HTTP {code}"):
+        dl.download(host.url("/f.bin"), tmp_path / "dl" / "f.bin", retries=2, **FAST)
+    assert host.requests("/f.bin") == (3 if retried else 1)
+    assert not (tmp_path / "dl").exists()
+
+
+def test_offline_script_exits_fast_and_leaves_nothing(tmp_path):
+    """`data_download/picai.py --folds 0` against a host that cannot be reached (a closed port on
+    loopback; the real script, default retries): non-zero in < 5 s, the message, nothing written."""
+    env = dict(os.environ, PROSTATE_COURSE_DATA=str(tmp_path / "data"),
+               **{sources.ZENODO_ENV: refused_url(), sources.LABELS_ENV: refused_url()})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(REPO / "data_download" / "picai.py"), "--folds", "0"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert r.returncode != 0 and elapsed < 5.0, (elapsed, r.stderr)
+    assert "Could not download" in r.stderr and "offline" in r.stderr and "by hand" in r.stderr
+    assert "retrying" not in r.stdout + r.stderr
+    assert list(tmp_path.iterdir()) == []  # no data root, no licence notice, no lock
+
+
+@pytest.mark.parametrize("main", ["images", "labels"])
+def test_offline_commands_leave_nothing_with_an_unresolvable_name(tmp_path, monkeypatch, no_dns,
+                                                                  capsys, main):
+    monkeypatch.setenv("PROSTATE_COURSE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv(sources.ZENODO_ENV, no_dns)
+    monkeypatch.setenv(sources.LABELS_ENV, no_dns)
+    t0 = time.monotonic()
+    rc = (picai.images_main if main == "images" else picai.labels_main)(["--quiet"])
+    assert rc == 1 and time.monotonic() - t0 < 5.0
+    err = capsys.readouterr().err
+    assert "Name or service not known" in err and "offline" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_disk_space_checked(tmp_path, monkeypatch):
@@ -503,6 +627,21 @@ def test_prepare_flag_prepares_where_ensure_dataset_looks(picai_host, tmp_path, 
     # what a notebook does later with the same settings finds it: no second prepare
     ds = dsmod.ensure_dataset(picai.picai_profile("gpu", 2))
     assert ds.root == out and len(calls) == 1
+
+
+def test_folds_default_to_the_profiles_download_folds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(sources.ZENODO_ENV, refused_url())  # offline dry run: approximate sizes
+    monkeypatch.setenv("PROSTATE_COURSE_DATA", str(tmp_path / "data"))
+    assert picai.images_main(["--dry-run", "--no-labels"]) == 0  # gpu: [0]
+    out = capsys.readouterr().out
+    assert "fold0.zip" in out and "fold1.zip" not in out
+    assert picai.images_main(["--dry-run", "--no-labels", "--profile", "full"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"fold{k}.zip" in out for k in range(5))
+    assert picai.images_main(["--dry-run", "--no-labels", "--profile", "full", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "fold3.zip" in out and "fold0.zip" not in out
+    assert not (tmp_path / "data").exists()
 
 
 def test_bad_fold_rejected():

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from prostate_course.download import picai, sources
@@ -93,3 +94,52 @@ def test_download_then_prepare_gives_the_dataset_the_notebooks_use(tmp_path, mon
     crop = tuple(load_profile("gpu").data["crop"])  # the gpu profile's (z, y, x) crop
     assert tuple(cache["images"].shape) == (len(case_ids), 3, *crop)
     assert int(cache["gland"].sum()) > 0
+
+
+def test_real_masks_with_real_header_jitter_and_an_empty_gland(tmp_path):
+    """The real label fixtures as they are: 10001's lesion mask sits 0.14 voxel off its gland
+    mask's grid (real picai_labels header jitter; the T2W is written on the gland's grid), and
+    10019's gland mask is emptied (a failed AI segmentation). Both are prepared and reported;
+    10019's real lesion keeps its world position in the centre crop."""
+    import nibabel as nib
+    import shutil
+
+    from prostate_course.data import readers
+    from prostate_course.data.dataset import read_cases_table
+    from prostate_course.data.prepare import prepare_dataset
+
+    case_ids = ["10001_1000001", "10005_1000005", "10019_1000019"]
+    raw = tmp_path / "raw"
+    for i, cid in enumerate(case_ids):
+        pid = cid.split("_")[0]
+        (raw / "images" / pid).mkdir(parents=True)
+        mask = sitk.ReadImage(str(GLAND / f"{cid}.nii.gz"))
+        for seq, shrink in (("t2w", 1), ("adc", 4), ("hbv", 4)):
+            sitk.WriteImage(_image_like(mask, shrink, i), str(raw / "images" / pid / f"{cid}_{seq}.mha"))
+        for sub in ("anatomical_delineations/whole_gland/AI/Guerbet23", "anatomical_delineations/zonal_pz_tz/AI/Yuan23",
+                    "csPCa_lesion_delineations/human_expert/resampled"):
+            (raw / "labels" / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(FIXTURE / sub / f"{cid}.nii.gz", raw / "labels" / sub / f"{cid}.nii.gz")
+    (raw / "labels" / "clinical_information").mkdir(parents=True)
+    shutil.copy(FIXTURE / readers.MARKSHEET, raw / "labels" / readers.MARKSHEET)
+    gl = raw / "labels/anatomical_delineations/whole_gland/AI/Guerbet23/10019_1000019.nii.gz"
+    g = nib.load(str(gl))
+    nib.save(nib.Nifti1Image(np.zeros(g.shape, np.uint8), g.affine, g.header), str(gl))
+
+    rep = prepare_dataset(raw / "images", raw / "labels", tmp_path / "ds", spacing=(3.0, 1.0, 1.0),
+                          crop=(20, 64, 64), workers=1, progress=False)
+    assert rep.bad.empty and rep.n_cases == 3
+    t = read_cases_table(tmp_path / "ds" / "cases.csv").set_index("case_id")
+    assert t.loc["10001_1000001", "masks_resampled"] == "lesion"
+    assert t.loc["10001_1000001", "mask_shift_voxels"] == pytest.approx(0.14, abs=0.01)
+    assert t.loc["10005_1000005", "masks_resampled"] == ""  # the same grid: not resampled
+    assert t.loc["10019_1000019", "gland_source"] == "none" and "centre crop" in t.loc["10019_1000019", "warnings"]
+    assert t["n_lesions_source"].to_dict() == {"10001_1000001": 0, "10005_1000005": 1, "10019_1000019": 1}
+    assert t.loc["10019_1000019", "n_lesions_prepared"] == 1
+    les = readers.read_mask(FIXTURE / "csPCa_lesion_delineations/human_expert/resampled/10019_1000019.nii.gz")
+    idx = np.argwhere(sitk.GetArrayViewFromImage(les) > 0)[:, ::-1].astype(float)
+    d = np.array(les.GetDirection()).reshape(3, 3)
+    raw_c = (idx * np.array(les.GetSpacing()) @ d.T + np.array(les.GetOrigin())).mean(0)
+    prep = nib.load(str(tmp_path / "ds" / "cases" / "10019_1000019" / "lesions.nii.gz"))
+    prep_c = nib.affines.apply_affine(prep.affine, np.argwhere(np.asarray(prep.dataobj) > 0)).mean(0) * [-1, -1, 1]
+    assert np.linalg.norm(prep_c - raw_c) < 1.5  # mm; prepared voxels are 1 x 1 x 3 mm

@@ -152,3 +152,21 @@ def test_session_reports_the_device_it_uses():
 
     s = course.start("01_x", "smoke", {"device": "cpu"}, quiet=True)
     assert str(s.device) == "cpu" and s.environment["device"] == "cpu"
+
+
+def test_profiles_memory_limit_download_folds_and_split():
+    import warnings as w
+
+    from prostate_course.data.splits import split_settings
+
+    smoke, cpu, gpu, full = (load_profile(n) for n in ("smoke", "cpu", "gpu", "full"))
+    assert smoke.memory_limit_mb == cpu.memory_limit_mb == 1500  # Binder kills at 2 GB
+    assert 8000 <= gpu.memory_limit_mb <= 12500 and full.memory_limit_mb is None  # Colab: ~12.7 GB
+    assert gpu.download_folds == [0] and full.download_folds == [0, 1, 2, 3, 4]
+    for p in (smoke, cpu, gpu):  # today's course split by default
+        assert split_settings(p.data["split"]) == {"scheme": "course", "test_fraction": 0.25, "val_fraction": 0.15}
+    assert split_settings(full.data["split"])["scheme"] == "picai_official"
+    with w.catch_warnings():
+        w.simplefilter("error")  # the split keys are known keys: no "check the spelling" warning
+        p = load_profile("cpu", {"data.split.val_fraction": 0, "memory_limit_mb": 2000})
+    assert p.data["split"]["val_fraction"] == 0 and p.memory_limit_mb == 2000

@@ -1,4 +1,4 @@
-"""Conventions every notebook in git must follow (DESIGN.md "Teaching material conventions")."""
+"""Conventions every notebook in git must follow (docs/ARCHITECTURE.md "Notebook contract", notebooks/_template.md)."""
 import re
 from pathlib import Path
 
@@ -37,7 +37,10 @@ def test_notebook_structure(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
-    assert 'PROFILE = "smoke"' in tagged[0].source and "OVERRIDES" in tagged[0].source
+    params: dict = {}
+    exec(tagged[0].source, {}, params)  # the parameters cell is plain assignments
+    assert params.get("PROFILE") == "auto", f"{path.name}: PROFILE must default to 'auto' (course.start resolves it)"
+    assert params.get("OVERRIDES") == {}, f"{path.name}: OVERRIDES must default to {{}}"
     assert any(c.source.lstrip().startswith("# NBVAL_CHECK_OUTPUT") for c in code), \
         f"{path.name}: needs a '# NBVAL_CHECK_OUTPUT' cell with a headline number"
     joined = "\n".join(c.source for c in code)

@@ -17,8 +17,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import DEFAULT_CASES, PICAI_LABELS
+from conftest import DEFAULT_CASES, MARKSHEET_HEADER, PICAI_LABELS
 from prostate_course.data import readers
+from prostate_course.data.dataset import read_cases_table
 from prostate_course.data.readers import DataReadError
 from prostate_course.data.prepare import (
     CASE_FILES, PrepareError, crop_grid, gland_centre, prepare_dataset, zscore_clip,
@@ -262,11 +263,21 @@ def _corrupt(raw: Path, kind: str) -> tuple[str, Path, str]:
         f = img / f"{case}_hbv.mha"
         f.unlink()
         return case, f, "missing sequence HBV"
-    if kind == "geometry":
+    if kind == "geometry":  # a mask 0.5 m away from its image: nothing to resample
         m = sitk.ReadImage(str(gland))
-        m.SetSpacing([s * 1.1 for s in m.GetSpacing()])
+        m.SetOrigin([o + 500.0 for o in m.GetOrigin()])
         sitk.WriteImage(m, str(gland))
-        return case, gland, "gland mask geometry does not match T2W: spacing"
+        return case, gland, "Guerbet23 gland mask geometry: the mask does not overlap the T2W image"
+    if kind == "vanishing_lesion":  # one fine voxel between T2W voxel centres
+        les = raw / "labels/csPCa_lesion_delineations/human_expert/resampled" / f"{case}.nii.gz"
+        t2w = sitk.ReadImage(str(img / f"{case}_t2w.mha"))
+        fine = sitk.Image([t2w.GetSize()[0] * 3, t2w.GetSize()[1] * 3, t2w.GetSize()[2]], sitk.sitkUInt8)
+        fine.SetSpacing([t2w.GetSpacing()[0] / 3, t2w.GetSpacing()[1] / 3, t2w.GetSpacing()[2]])
+        fine.SetDirection(t2w.GetDirection())
+        fine.SetOrigin(t2w.GetOrigin())
+        fine[1 + 3 * 40, 1 + 3 * 40, 6] = 2  # a third of a T2W voxel off the centre of (40, 40, 6)
+        sitk.WriteImage(fine, str(les))
+        return case, les, "lesion mask geometry: 1 of 1 lesion component(s) vanish"
     if kind == "nan":
         f = img / f"{case}_t2w.mha"
         t = sitk.Cast(sitk.ReadImage(str(f)), sitk.sitkFloat32)
@@ -276,14 +287,13 @@ def _corrupt(raw: Path, kind: str) -> tuple[str, Path, str]:
         n.CopyInformation(t)
         sitk.WriteImage(n, str(f))
         return case, f, "NaN"
-    if kind == "empty_gland":
-        m = sitk.ReadImage(str(gland))
-        sitk.WriteImage(m * 0, str(gland))
-        return case, gland, "empty gland mask"
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["unreadable", "missing", "geometry", "nan", "empty_gland"])
+BAD_KINDS = ["unreadable", "missing", "geometry", "vanishing_lesion", "nan"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
 def test_bad_case_is_reported_and_skipped(raw_factory, tmp_path, kind):
     raw = raw_factory(cases=DEFAULT_CASES[:3])
     case, file, reason = _corrupt(raw, kind)
@@ -298,7 +308,7 @@ def test_bad_case_is_reported_and_skipped(raw_factory, tmp_path, kind):
     assert not list((out / "cases").glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("kind", ["unreadable", "missing", "geometry", "nan", "empty_gland"])
+@pytest.mark.parametrize("kind", BAD_KINDS)
 def test_strict_raises_naming_case_file_reason(raw_factory, tmp_path, kind):
     raw = raw_factory(cases=DEFAULT_CASES[:3])
     case, file, reason = _corrupt(raw, kind)
@@ -377,6 +387,112 @@ def test_killed_prepare_leaves_no_partial_case_and_resumes(raw_factory, tmp_path
 
 
 # ------------------------------------------------------------------- label sources
+def _move_header(path: Path, voxels: float) -> None:
+    """Move a mask's grid by ``voxels`` along each of its index axes (the array is unchanged)."""
+    m = sitk.ReadImage(str(path))
+    d = np.array(m.GetDirection()).reshape(3, 3)
+    m.SetOrigin((np.array(m.GetOrigin()) + d @ (np.array(m.GetSpacing()) * voxels)).tolist())
+    sitk.WriteImage(m, str(path))
+
+
+def test_jittered_and_empty_gland_cases_are_all_prepared(raw_factory, tmp_path):
+    """One lesion mask 0.2 voxel off the T2W grid, one gland mask 1.5 voxels off, one case whose
+    only gland mask is empty: every case is prepared, and the table says what happened."""
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    lab = raw / "labels"
+    les_dir = lab / "csPCa_lesion_delineations/human_expert/resampled"
+    gl_dir = lab / "anatomical_delineations/whole_gland/AI/Guerbet23"
+    _move_header(les_dir / "10001_1000001.nii.gz", 0.2)
+    _move_header(gl_dir / "10001_1000002.nii.gz", 1.5)
+    g = sitk.ReadImage(str(gl_dir / "10002_1000003.nii.gz"))
+    sitk.WriteImage(g * 0, str(gl_dir / "10002_1000003.nii.gz"))
+    out = tmp_path / "ds"
+    rep = prepare_dataset(raw / "images", lab, out, crop=(8, 48, 48), workers=1, progress=False)
+    assert rep.bad.empty and rep.n_cases == 3
+    t = read_cases_table(out / "cases.csv").set_index("case_id")
+
+    a = t.loc["10001_1000001"]
+    assert a.masks_resampled == "lesion" and a.mask_shift_voxels == pytest.approx(0.2, abs=1e-3)
+    assert "resampled onto it" not in a.warnings  # < 1 voxel: recorded, no warning
+    assert a.n_lesions_source == a.n_lesions_prepared == 1
+
+    b = t.loc["10001_1000002"]
+    assert b.masks_resampled == "Guerbet23 gland" and b.mask_shift_voxels == pytest.approx(1.5, abs=1e-3)
+    assert "Guerbet23 gland mask grid lies 1.50 T2W voxels" in b.warnings
+    assert any(w.startswith("10001_1000002:") and "1.50 T2W voxels" in w for w in rep.warnings)
+
+    c = t.loc["10002_1000003"]
+    assert c.gland_source == "none" and np.isnan(c.gland_in_crop)
+    assert "Guerbet23 gland mask is empty" in c.warnings and "centre crop" in c.warnings
+    assert np.asarray(nib.load(str(out / "cases/10002_1000003/gland.nii.gz")).dataobj).max() == 0
+    # the lesion keeps its world position in the centre crop
+    raw_mask = readers.read_mask(les_dir / "10002_1000003.nii.gz")
+    raw_c = _world_centroid_sitk(raw_mask, sitk.GetArrayViewFromImage(raw_mask) > 0)
+    prep_c = _world_centroid_nifti(out / "cases/10002_1000003/lesions.nii.gz")
+    assert np.linalg.norm(prep_c - raw_c) < 1.0
+    assert c.n_lesions_source == c.n_lesions_prepared == 1
+    # the jittered lesion also stays where its (moved) mask puts it
+    moved = readers.read_mask(les_dir / "10001_1000001.nii.gz")
+    moved_c = _world_centroid_sitk(moved, sitk.GetArrayViewFromImage(moved) > 0)
+    assert np.linalg.norm(_world_centroid_nifti(out / "cases/10001_1000001/lesions.nii.gz") - moved_c) < 1.0
+
+
+def test_empty_gland_falls_back_to_the_next_source(raw_factory, tmp_path):
+    raw = raw_factory(cases=DEFAULT_CASES[:3])
+    gl = raw / "labels/anatomical_delineations/whole_gland/AI"
+    (gl / "Bosma22b").mkdir()
+    f = gl / "Guerbet23" / "10002_1000003.nii.gz"
+    g = sitk.ReadImage(str(f))
+    sitk.WriteImage(g, str(gl / "Bosma22b" / f.name))
+    sitk.WriteImage(g * 0, str(f))
+    rep = prepare_dataset(raw / "images", raw / "labels", tmp_path / "ds", crop=(8, 48, 48), workers=1,
+                          progress=False)
+    t = read_cases_table(tmp_path / "ds" / "cases.csv").set_index("case_id")
+    r = t.loc["10002_1000003"]
+    assert rep.bad.empty and r.gland_source == "Bosma22b" and r.gland_in_crop == pytest.approx(1.0, abs=0.05)
+    assert "Guerbet23 gland mask is empty" in r.warnings and "centre crop" not in r.warnings
+
+
+def test_nearby_lesions_merge_at_the_prepared_spacing(tmp_path):
+    """Two lesions (ISUP 2 and 4) one 0.5 mm voxel apart are two lesions on the T2W grid; on the
+    1 mm prepared grid that skips the gap they touch and are one (26-connected): the table
+    shows 2 -> 1, both grades stay in the mask and it is no error."""
+    root = tmp_path / "raw"
+    pid, sid = "20001", "2000001"
+    case = f"{pid}_{sid}"
+    z, y, x = np.indices((10, 128, 128))
+    gland = (x >= 34) & (x <= 94) & (y >= 34) & (y <= 94) & (z >= 2) & (z <= 7)  # bbox centre x = 64
+    lesion = np.zeros(gland.shape, np.uint8)
+    box = (y >= 60) & (y <= 68) & (z >= 4) & (z <= 5)
+    lesion[box & (x >= 50) & (x <= 57)] = 2
+    lesion[box & (x >= 59) & (x <= 66)] = 4  # gap: x = 58
+    # crop of 48 px at 1 mm centred on x = 64 (32 mm): origin 8.5 mm = T2W index 17, so the
+    # prepared grid samples the odd T2W columns 17, 19, ..., 57, 59: the even gap is skipped.
+    (root / "images" / pid).mkdir(parents=True)
+    for seq in ("t2w", "adc", "hbv"):
+        arr = (300 + 200 * gland - 100 * (lesion > 0) + np.random.default_rng(0).normal(0, 5, gland.shape))
+        img = sitk.GetImageFromArray(arr.astype(np.int16))
+        img.SetSpacing((0.5, 0.5, 3.0))
+        sitk.WriteImage(img, str(root / "images" / pid / f"{case}_{seq}.mha"))
+    for sub, arr in (("anatomical_delineations/whole_gland/AI/Guerbet23", gland.astype(np.uint8)),
+                     ("csPCa_lesion_delineations/human_expert/resampled", lesion)):
+        (root / "labels" / sub).mkdir(parents=True)
+        m = sitk.GetImageFromArray(arr)
+        m.SetSpacing((0.5, 0.5, 3.0))
+        sitk.WriteImage(m, str(root / "labels" / sub / f"{case}.nii.gz"))
+    ms = root / "labels" / readers.MARKSHEET
+    ms.parent.mkdir(parents=True)
+    ms.write_text(f"{MARKSHEET_HEADER}\n{pid},{sid},2020-01-01,65,7.0,0.15,45,MRBx,4,\"3+4,4+4\",\"2,4\",4,YES,RUMC,4\n")
+    rep = prepare_dataset(root / "images", root / "labels", tmp_path / "ds", spacing=(3.0, 1.0, 1.0),
+                          crop=(8, 48, 48), workers=1, progress=False)
+    assert rep.bad.empty
+    t = read_cases_table(tmp_path / "ds" / "cases.csv").set_index("case_id")
+    assert (t.loc[case, "n_lesions_source"], t.loc[case, "n_lesions_prepared"]) == (2, 1)
+    prepared = np.asarray(nib.load(str(tmp_path / "ds" / "cases" / case / "lesions.nii.gz")).dataobj)
+    assert set(np.unique(prepared)) == {0, 2, 4}
+    assert "no voxel" not in t.loc[case, "warnings"]
+
+
 def test_label_source_fallbacks(raw_factory, tmp_path):
     """Pooch25 binary lesions -> 1; Bosma22b gland when Guerbet23 is missing; a positive case
     without any lesion mask is prepared with an empty mask and a warning."""
@@ -484,3 +600,28 @@ def test_splits_do_not_move_when_a_bad_case_is_fixed(raw_factory, tmp_path):
     after = pd.read_csv(out / "cases.csv", dtype={"case_id": str}).set_index("case_id")[["split", "fold"]]
     assert "10002_1000003" in after.index
     pd.testing.assert_frame_equal(before, after.loc[before.index])
+
+
+def test_official_split_recorded_in_table_and_manifest(raw_factory, tmp_path):
+    """Real PI-CAI case ids in official folds 0, 0, 4 and 2: test_fold 4 makes 10002 the test case."""
+    cases = (("10000", "1000000", 0, 0.0, (0.0, 0.0, 0.0), True), ("10001", "1000001", 2, 5.0, (1.0, 0.0, 0.0), True),
+             ("10002", "1000002", 3, 0.0, (0.0, 1.0, 0.0), True), ("10004", "1000004", 0, 0.0, (0.0, 0.0, 1.0), True))
+    raw = raw_factory(cases=cases)
+    out = tmp_path / "ds"
+    prepare_dataset(raw / "images", raw / "labels", out, crop=(8, 32, 32), workers=1, progress=False,
+                    split={"scheme": "picai_official", "test_fold": 4, "val_fraction": 0})
+    t = read_cases_table(out / "cases.csv").set_index("case_id")
+    assert t["split"].to_dict() == {"10000_1000000": "train", "10001_1000001": "train",
+                                    "10002_1000002": "test", "10004_1000004": "train"}
+    assert t["fold"].to_dict() == {"10000_1000000": 0, "10001_1000001": 0, "10002_1000002": -1, "10004_1000004": 2}
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["splits"] == "picai_official:fold4" and m["split_counts"] == {"train": 3, "test": 1}
+    # another fold, recomputed in place: no case is prepared again
+    from prostate_course.data.prepare import update_splits
+
+    stamp = (out / "cache.pt").stat().st_mtime_ns
+    m2 = update_splits(out, {"scheme": "picai_official", "test_fold": 0, "val_fraction": 0})
+    t2 = read_cases_table(out / "cases.csv").set_index("case_id")
+    assert m2["splits"] == "picai_official:fold0" and (out / "cache.pt").stat().st_mtime_ns == stamp
+    assert sorted(t2.index[t2.split == "test"]) == ["10000_1000000", "10001_1000001"]
+    pd.testing.assert_frame_equal(t2.drop(columns=["split", "fold"]), t.drop(columns=["split", "fold"]))

@@ -149,7 +149,7 @@ def test_real_marksheet_lesion_lists(marksheet):
 
 
 def test_real_marksheet_derived_reports(marksheet):
-    # one report per case: the max lesion PI-RADS ignoring N/A (SCIENCE.md counts)
+    # one report per case: the max lesion PI-RADS ignoring N/A (counts computed from the real marksheet)
     assert (marksheet["pirads_source"] == "marksheet_max").all()
     counts = marksheet["pirads_max"].value_counts().to_dict()
     assert counts == {1.0: 137, 2.0: 479, 3.0: 151, 4.0: 352, 5.0: 381}

@@ -116,3 +116,89 @@ def test_label_budget_tiny_keeps_one_of_each():
         label_budget(t, 0.0)
     with pytest.raises(ValueError, match="no cases"):
         label_budget(t, 0.5, split="nope")
+
+
+# ------------------------------------------------------------- official PI-CAI folds
+from conftest import FIXTURES  # noqa: E402
+from prostate_course.data.splits import (  # noqa: E402
+    assign_official_splits, make_splits, official_folds, split_label, split_settings,
+)
+
+
+@pytest.fixture(scope="module")
+def marksheet_picai():
+    """tests/fixtures/marksheet_picai.csv: the real marksheet of the 1500 public PI-CAI cases."""
+    return read_marksheet(FIXTURES / "marksheet_picai.csv")
+
+
+def test_shipped_official_folds_are_the_real_cases_patient_level(marksheet_picai):
+    folds = official_folds()
+    assert sorted(folds) == [0, 1, 2, 3, 4]
+    ids = [c for k in folds for c in folds[k]]
+    assert len(ids) == len(set(ids)) == 1500  # disjoint
+    assert set(ids) == set(marksheet_picai["case_id"])  # exactly the marksheet's cases
+    pid_folds = marksheet_picai.assign(k=[next(k for k in folds if c in folds[k]) for c in marksheet_picai.case_id])
+    assert pid_folds.groupby("patient_id")["k"].nunique().max() == 1  # a patient's studies share a fold
+    assert all(290 <= len(folds[k]) <= 310 for k in folds)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
+def test_official_split_fold_k_is_test(marksheet_picai, k):
+    t, name = make_splits(marksheet_picai, {"scheme": "picai_official", "test_fold": k, "val_fraction": 0})
+    assert name == f"picai_official:fold{k}"
+    assert set(t.loc[t.split == "test", "case_id"]) == official_folds()[k]
+    assert set(t["split"]) == {"train", "test"}  # val_fraction 0: no val split at all
+    assert (t.loc[t.split == "test", "fold"] == -1).all()
+    train = t[t.split == "train"]
+    assert sorted(train["fold"].unique()) == sorted(set(range(5)) - {k})
+    for c, f in zip(train.case_id, train.fold):  # the official fold number is kept for CV
+        assert c in official_folds()[f]
+
+
+def test_official_split_with_a_validation_share(marksheet_picai):
+    t = assign_official_splits(marksheet_picai, test_fold=2, val_fraction=0.15, seed=0)
+    assert set(t.loc[t.split == "test", "case_id"]) == official_folds()[2]  # the test fold untouched
+    pats = t.groupby("patient_id")["split"].first()
+    assert (pats == "val").mean() == pytest.approx(0.15, abs=0.015)
+    assert t.groupby("patient_id")["split"].nunique().max() == 1
+    val = t[t.split == "val"]
+    assert val["case_csPCa"].mean() == pytest.approx(marksheet_picai["case_csPCa"].mean(), abs=0.04)
+    assert set(val["fold"]) <= {0, 1, 3, 4}
+    again = assign_official_splits(marksheet_picai, test_fold=2, val_fraction=0.15, seed=0)
+    assert again["split"].tolist() == t["split"].tolist()  # seeded
+
+
+def test_official_split_needs_pi_cai_cases_and_more_than_one_fold(marksheet_picai):
+    fold0 = marksheet_picai[marksheet_picai.case_id.isin(official_folds()[0])]  # the fold-0 archive alone
+    with pytest.raises(ValueError, match="nothing to train on"):
+        assign_official_splits(fold0, test_fold=0)
+    with pytest.raises(ValueError, match="no test case"):
+        assign_official_splits(fold0, test_fold=1)
+    # ... where the course split of the downloaded cases works (what the gpu profile does)
+    t, name = make_splits(fold0, {"scheme": "course"})
+    assert name == "course" and set(t["split"]) == {"train", "val", "test"}
+    with pytest.raises(ValueError, match="not public PI-CAI cases"):
+        assign_official_splits(_small_table(), test_fold=0)
+
+
+def test_course_split_without_validation(marksheet_picai):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about an absent val split
+        t, name = make_splits(marksheet_picai, {"scheme": "course", "test_fraction": 0.4, "val_fraction": 0})
+    assert name == "course" and set(t["split"]) == {"train", "test"}
+    assert (t["split"] == "test").mean() == pytest.approx(0.4, abs=0.02)
+    assert sorted(t.loc[t.split == "train", "fold"].unique()) == [0, 1, 2, 3, 4]
+    assert len(label_budget(t, 0.1)) > 0
+
+
+def test_split_settings_defaults_and_errors():
+    assert split_settings(None) == {"scheme": "course", "test_fraction": 0.25, "val_fraction": 0.15}
+    assert split_settings({"scheme": "picai_official", "test_fold": 3, "test_fraction": 0.9}) == \
+        {"scheme": "picai_official", "test_fold": 3, "val_fraction": 0.15}  # unused keys dropped
+    assert split_label({"scheme": "picai_official", "test_fold": 4}) == "picai_official:fold4"
+    for bad, msg in (({"scheme": "kfold"}, "scheme"), ({"val_fraction": 1.0}, "val_fraction"),
+                     ({"test_fraction": 0.0}, "test_fraction"), ({"test_fraction": 0.6, "val_fraction": 0.4}, "sum"),
+                     ({"scheme": "picai_official", "test_fold": 5}, "test_fold"),
+                     ({"scheme": "picai_official", "test_fold": True}, "test_fold"), ({"folds": 3}, "unknown")):
+        with pytest.raises(ValueError, match=msg):
+            split_settings(bad)

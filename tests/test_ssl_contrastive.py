@@ -145,8 +145,8 @@ def test_step_hands_normalised_views_and_the_batch_metadata():
 
 
 def test_pretraining_is_seeded_validates_and_learns_to_align():
-    tr = blob_slices(n_cases=24, n_slices=4, px=32).unlabelled()
-    va = blob_slices(n_cases=12, n_slices=4, px=32, seed=5, prefix="v").unlabelled()
+    tr = blob_slices(n_cases=24, n_slices=3, px=16).unlabelled()
+    va = blob_slices(n_cases=12, n_slices=3, px=16, seed=5, prefix="v").unlabelled()
     kw = dict(steps=8, batch_size=12, epochs=2, temperature=0.2, lr=3e-3, progress=False, val=va)
     r1 = C.pretrain_run("simclr", tr, seed=0, device="cpu", **kw)
     r2 = C.pretrain_run("simclr", tr, seed=0, device="cpu", **kw)

@@ -16,6 +16,12 @@ from prostate_course.steps import ClassificationStep
 from fakes import blob_slices
 
 
+def fit(*args, **kw):
+    """train.fit with slice classification as the step unless another is given."""
+    kw.setdefault("step", ClassificationStep())
+    return train.fit(*args, **kw)
+
+
 class Linear(nn.Module):
     def __init__(self, px=16):
         super().__init__()
@@ -41,9 +47,9 @@ def test_fit_seeded_and_learns():
     for k, v in m1.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
     torch.manual_seed(0)
-    other = train.fit(Linear(), tr, va, epochs=2, batch_size=16, device="cpu", seed=1, progress=False)
+    other = fit(Linear(), tr, va, epochs=2, batch_size=16, device="cpu", seed=1, progress=False)
     torch.manual_seed(0)
-    again = train.fit(Linear(), tr, va, epochs=2, batch_size=16, device="cpu", seed=2, progress=False)
+    again = fit(Linear(), tr, va, epochs=2, batch_size=16, device="cpu", seed=2, progress=False)
     assert not np.allclose(other.history["train_loss"], again.history["train_loss"])
     h = r1.history
     assert list(h.columns) == ["epoch", "train_loss", "lr", "val_loss", "val_auroc",
@@ -60,11 +66,11 @@ def test_fit_seeded_and_learns():
 
 def test_model_selection_early_stopping_and_restore_best():
     tr, va = blob_slices(seed=0), blob_slices(seed=1, prefix="v")
-    res = train.fit(Linear(), tr, va, epochs=10, batch_size=16, lr=0.0, device="cpu",
+    res = fit(Linear(), tr, va, epochs=10, batch_size=16, lr=0.0, device="cpu",
                     patience=2, progress=False)       # lr 0: no epoch improves on the first
     assert res.stopped_early and len(res.history) == 3 and res.best_epoch == 1
     model = Linear()
-    res = train.fit(model, (tr.images, tr.slice_label), (va.images, va.slice_label), epochs=4,
+    res = fit(model, (tr.images, tr.slice_label), (va.images, va.slice_label), epochs=4,
                     batch_size=16, lr=1e-2, device="cpu", steps_per_epoch=5, progress=False)
     assert res.steps == 20 and not res.stopped_early
     assert "val_auroc_patient" not in res.history      # no case index given
@@ -74,16 +80,16 @@ def test_model_selection_early_stopping_and_restore_best():
     assert res.best_epoch == best
     # without validation: the last weights, every epoch run
     model = Linear()
-    res = train.fit(model, tr, epochs=3, batch_size=16, device="cpu", progress=False)
+    res = fit(model, tr, epochs=3, batch_size=16, device="cpu", progress=False)
     assert res.best_epoch == 3 and res.monitor is None and math.isnan(res.best_score)
     for k, v in model.state_dict().items():
         assert torch.equal(v, res.best_state[k])
     with pytest.raises(ValueError, match="monitor"):
-        train.fit(Linear(), tr, va, monitor="accuracy")
+        fit(Linear(), tr, va, monitor="accuracy")
     with pytest.raises(ValueError, match="labels"):
-        train.fit(Linear(), (tr.images, tr.slice_label[:5]))
+        fit(Linear(), (tr.images, tr.slice_label[:5]))
     with pytest.raises(ValueError, match="unlabelled"):
-        train.fit(Linear(), tr.unlabelled())
+        fit(Linear(), tr.unlabelled())
 
 
 def test_steps_per_epoch_bounds():
@@ -92,7 +98,7 @@ def test_steps_per_epoch_bounds():
     assert train.epoch_steps(n, 16, min_steps=12) == 12
     assert train.epoch_steps(n, 16, max_steps=4) == 4
     assert train.epoch_steps(n, 16, steps=5, max_steps=4) == 5
-    res = train.fit(Linear(), blob_slices(seed=0), epochs=2, batch_size=16, device="cpu",
+    res = fit(Linear(), blob_slices(seed=0), epochs=2, batch_size=16, device="cpu",
                     progress=False, max_steps_per_epoch=4)
     assert res.steps == 8
 
@@ -104,7 +110,7 @@ def test_samplers():
     labels = torch.tensor([1] * 10 + [0] * 190)
     b = BalancedBatches(labels)(200, 100, 40, g)
     assert 0.45 < labels[b].float().mean().item() < 0.55
-    res = train.fit(Linear(), (torch.randn(40, 3, 16, 16), labels[:40].roll(3)), epochs=1,
+    res = fit(Linear(), (torch.randn(40, 3, 16, 16), labels[:40].roll(3)), epochs=1,
                     batch_size=8, step=ClassificationStep(pos_weight=None),
                     sampler=BalancedBatches(labels[:40].roll(3)), device="cpu", progress=False)
     assert res.pos_weight is None
@@ -150,11 +156,11 @@ def test_frozen_parameters_do_not_move():
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    train.fit(model, blob_slices(seed=0), epochs=1, batch_size=16, device="cpu", progress=False)
+    fit(model, blob_slices(seed=0), epochs=1, batch_size=16, device="cpu", progress=False)
     changed = [k for k, v in model.encoder.state_dict().items()
                if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
                and not torch.equal(v, before[k])]
     assert changed == []
     with pytest.raises(ValueError, match="nothing to train"):
-        train.fit(model, blob_slices(seed=0), params=model.encoder.parameters(), device="cpu",
+        fit(model, blob_slices(seed=0), params=model.encoder.parameters(), device="cpu",
                   progress=False)

@@ -91,11 +91,54 @@ def test_cohort_plots_on_synthetic_and_real_marksheets():
     axes = viz.plot_pirads_vs_isup(syn)
     assert axes[1].get_ylim() == (0, 100)
     axes, kap = viz.plot_reader_agreement(syn)
-    assert 0.3 < kap.kappa.mean() < 0.7
+    assert 0.5 < kap.kappa_quadratic.mean() < 0.9
+    # the heat map shows the quadratic-weighted kappa of each pair, as its title says
+    assert "quadratic-weighted" in axes[0].get_title()
+    shown = sorted(float(t.get_text()) for t in axes[0].texts)
+    assert shown == sorted(round(v, 2) for v in kap.kappa_quadratic for _ in (0, 1))
     real = read_marksheet(FIXTURES / "marksheet_picai.csv")
     viz.plot_pirads_vs_isup(real)
     with pytest.raises(ValueError, match="one routine report"):
         viz.plot_reader_agreement(real)
+
+
+def test_anatomy_figure_labels_the_structures(raw):
+    from prostate_course.data.synthetic import case_phantom, load_truth
+
+    case = viz.load_raw_case(raw)
+    gt, seed, params = load_truth(raw)
+    row = gt[(gt.patient_id.astype(str) + "_" + gt.study_id.astype(str)) == case.case_id].iloc[0].to_dict()
+    ax = viz.plot_anatomy(case, case_phantom(row, seed, params)[0].landmarks())
+    texts = {t.get_text() for t in ax.texts}
+    assert {"peripheral zone (PZ)", "transition zone (TZ)", "rectum", "pubic bone", "fat",
+            "obturator internus (left)", "obturator internus (right)"} <= texts
+    assert any(t.startswith("lesion (csPCa, ISUP") for t in texts)
+    # the rectum label sits posterior to (below, in radiological view) the pubic bone label
+    pos = {t.get_text(): t.xy for t in ax.texts}
+    assert pos["rectum"][1] > pos["pubic bone"][1]
+    # patient's left is on the image's right
+    assert pos["obturator internus (left)"][0] > pos["obturator internus (right)"][0]
+    # real labels without images: the zones are still labelled, no landmarks
+    labels = FIXTURES / "picai_labels"
+    real = viz.load_raw_case(labels_root=labels, case_id="10005_1000005")
+    texts = {t.get_text() for t in viz.plot_anatomy(real).texts}
+    assert "peripheral zone (PZ)" in texts and "rectum" not in texts
+
+
+def test_annotator_figures(raw):
+    from prostate_course.data.synthetic import annotation_agreement, simulate_annotators, simulate_clinical
+
+    df = simulate_clinical(12, seed=0)
+    row = next(r for r in df.to_dict("records") if r["case_csPCa"] == "YES")
+    ann = simulate_annotators(row, 0, n_annotators=3)
+    axes = viz.plot_annotators(ann)
+    assert len(axes) == 2 and "3 annotators" in axes[0].get_title()
+    d = annotation_agreement(df, 0, n_annotators=3)
+    ax = viz.plot_annotation_agreement(d, published={"gland whole": (0.92, "Montagne 2021")})
+    assert [t.get_text() for t in ax.get_xticklabels()][0] == "gland whole"
+    bars = [b.get_height() for b in ax.patches]
+    assert bars[0] == pytest.approx(d[(d.structure == "gland") & (d.region == "whole")].dice.mean())
+    assert any(t.get_text() == "Montagne 2021" for t in ax.texts)
 
 
 def test_wilson_interval():

@@ -22,9 +22,12 @@ _EXPORTS = {
     "list_cases": "readers",
     # prepare
     "prepare_dataset": "prepare", "PrepareReport": "prepare", "PrepareError": "prepare",
-    "CaseError": "prepare",
+    "CaseError": "prepare", "update_splits": "prepare",
+    # mask geometry
+    "to_reference_grid": "geometry", "grid_shift": "geometry", "count_lesions": "geometry",
     # splits
-    "assign_splits": "splits", "label_budget": "splits",
+    "assign_splits": "splits", "label_budget": "splits", "make_splits": "splits",
+    "assign_official_splits": "splits", "split_settings": "splits", "official_folds": "splits",
     # datasets
     "PreparedDataset": "dataset", "SliceSet": "dataset", "VolumeSet": "dataset",
     "ensure_raw": "dataset", "ensure_dataset": "dataset",

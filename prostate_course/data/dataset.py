@@ -10,6 +10,7 @@ keyed by its parameters, so the runner and every notebook share one copy::
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -19,11 +20,12 @@ import torch
 
 from ..io_utils import config_hash, sha256_file
 from ..paths import data_root
-from .prepare import prepare_dataset, prepare_params
+from .prepare import prepare_dataset, prepare_params, update_splits
 from .readers import MARKSHEET
 
 _STR_COLS = {"case_id": str, "patient_id": str, "study_id": str, "pirads_reports": str,
-             "lesion_PIRADS": str, "lesion_GS": str, "lesion_ISUP": str, "warnings": str}
+             "lesion_PIRADS": str, "lesion_GS": str, "lesion_ISUP": str, "warnings": str,
+             "masks_resampled": str}
 
 
 def read_cases_table(path) -> pd.DataFrame:
@@ -44,6 +46,11 @@ def _select(table: pd.DataFrame, split, case_ids) -> list[str]:
         unknown = set(splits) - {"train", "val", "test"}
         if unknown:
             raise ValueError(f"unknown split(s) {sorted(unknown)}; use train, val, test or all")
+        absent = [s for s in splits if not (t["split"] == s).any()]
+        if absent:  # e.g. "val" with data.split.val_fraction 0: an empty selection, said aloud
+            warnings.warn(f"this dataset has no {' or '.join(map(repr, absent))} split (see "
+                          f"data.split in the profile; val_fraction 0 means no validation "
+                          f"split): the selection is empty", stacklevel=3)
         t = t[t["split"].isin(splits)]
     if case_ids is not None:
         wanted = set(case_ids)
@@ -197,6 +204,16 @@ class PreparedDataset:
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.root)!r}, {len(self.table)} cases)"
 
+    @property
+    def key(self) -> str:
+        """The dataset key (folder + split settings; see :func:`dataset_key`)."""
+        return self.manifest.get("key", self.root.name)
+
+    @property
+    def splits(self) -> str:
+        """Which split the table carries: ``"course"`` or ``"picai_official:fold<k>"``."""
+        return self.manifest.get("splits", "course")
+
     def __len__(self) -> int:
         return len(self.table)
 
@@ -334,7 +351,8 @@ def ensure_raw(profile, *, progress: bool = True) -> Path:
         if not all(x.exists() for x in need):
             raise FileNotFoundError(
                 f"PI-CAI data not found in {target} (need images/ and labels/clinical_information/"
-                "marksheet.csv). Download it first: python data_download/picai.py --folds 0 "
+                "marksheet.csv). Download it first: python data_download/picai.py --folds "
+                f"{' '.join(str(k) for k in p.download_folds)} "
                 f"(then set PROSTATE_COURSE_DATA if you keep data elsewhere than {data_root()})."
             )
         return target
@@ -342,12 +360,23 @@ def ensure_raw(profile, *, progress: bool = True) -> Path:
 
 
 def dataset_key(profile, *, progress: bool = True) -> tuple[str, dict]:
-    """The prepared folder name ``<source>-<config_hash>`` and the parameters it hashes."""
+    """The dataset key ``<folder>-split-<hash>`` and the parameters it hashes (raw data,
+    prepare parameters, split settings). Two runs with the same key see the same cases, the
+    same arrays and the same train/val/test split."""
     p = _profile(profile)
-    return _dataset_key(p, ensure_raw(p, progress=progress))
+    _, key, params = _dataset_key(p, ensure_raw(p, progress=progress))
+    return key, params
 
 
-def _dataset_key(p, raw: Path) -> tuple[str, dict]:
+def _dataset_key(p, raw: Path) -> tuple[str, str, dict]:
+    """(prepared folder name, dataset key, key parameters).
+
+    The folder, ``<source>-<hash(raw, prepare)>``, holds what the split does not change (cases,
+    cache); the key adds the split settings, so changing them changes the key while the folder
+    is kept and only its split columns are recomputed (:func:`.prepare.update_splits`).
+    """
+    from .splits import split_settings
+
     data = p.data
     if data["source"] == "synthetic":
         raw_id = {"name": raw.name}
@@ -355,33 +384,42 @@ def _dataset_key(p, raw: Path) -> tuple[str, dict]:
         raw_id = {"name": raw.name, "marksheet": sha256_file(raw / "labels" / MARKSHEET),
                   "n_patients": sum(1 for _ in (raw / "images").glob("*/"))}
     n = data.get("n_cases")
-    params = {"raw": raw_id, "prepare": prepare_params(data["spacing"], data["crop"], data.get("seed", 0),
+    images = {"raw": raw_id, "prepare": prepare_params(data["spacing"], data["crop"], data.get("seed", 0),
                                                        None if data["source"] == "synthetic" else n)}
-    return f"{data['source']}-{config_hash(params)}", params
+    split = split_settings(data.get("split"))
+    folder = f"{data['source']}-{config_hash(images)}"
+    return folder, f"{folder}-split-{config_hash(split)[:8]}", {**images, "split": split}
 
 
 def ensure_dataset(profile, *, workers=None, progress=True) -> PreparedDataset:
     """Make (synthesise + prepare) or find the prepared dataset of ``profile`` (name or Profile).
 
-    Reused when ``data_root()/prepared/<key>/manifest.json`` records the same parameters.
+    Reused when ``data_root()/prepared/<folder>/manifest.json`` records the same parameters; if
+    only the split settings differ, the split is recomputed in place (no case is prepared again).
     """
     p = _profile(profile)
     raw = ensure_raw(p, progress=progress)
-    key, params = _dataset_key(p, raw)
-    out = data_root() / "prepared" / key
+    folder, key, params = _dataset_key(p, raw)
+    out = data_root() / "prepared" / folder
     mf = out / "manifest.json"
+    want = json.loads(json.dumps(params))
+    extra = {"key": key, "key_params": params, "profile": p.name}
     if mf.is_file():
         try:
-            if json.loads(mf.read_text()).get("key_params") == json.loads(json.dumps(params)):
-                return PreparedDataset(out)
+            have = json.loads(mf.read_text()).get("key_params") or {}
         except (json.JSONDecodeError, FileNotFoundError):
-            pass
+            have = {}
+        if have == want:
+            return PreparedDataset(out)
+        if have and {k: v for k, v in have.items() if k != "split"} == {k: v for k, v in want.items() if k != "split"}:
+            update_splits(out, params["split"], extra_manifest=extra)
+            return PreparedDataset(out)
     data = p.data
     prepare_dataset(
         raw / "images", raw / "labels", out,
         spacing=data["spacing"], crop=data["crop"], seed=data.get("seed", 0),
         max_cases=params["prepare"]["max_cases"], workers=workers, progress=progress,
-        extra_manifest={"key": key, "key_params": params, "profile": p.name},
+        extra_manifest=extra, split=params["split"],
     )
     return PreparedDataset(out)
 

@@ -2,13 +2,19 @@
 
 Per case (:func:`prepare_case`):
 
-1. read T2W, ADC and HBV (.mha) with SimpleITK and the picai_labels masks with nibabel; the
-   masks must lie on the T2W grid (as in picai_labels), else the case is bad;
-2. centre: the centre of the gland's bounding box (whole_gland/AI/Guerbet23, else Bosma22b);
-   without a gland mask, the centre of the T2W volume (recorded as ``gland_source = "none"``);
-   the crop origin is snapped onto a T2W voxel centre (moves it by <= half a T2W voxel);
+1. read T2W, ADC and HBV (.mha) with SimpleITK and the picai_labels masks with nibabel; a
+   mask on another grid than the T2W (real headers differ by float32 rounding and small
+   direction differences) is resampled onto the T2W grid, nearest neighbour, as picai_prep
+   does (:mod:`.geometry`); the table records which masks moved and by how much, a shift of a
+   voxel or more is a warning, and only a mask that does not overlap the T2W image, or a
+   lesion component that would vanish, makes the case bad;
+2. centre: the centre of the gland's bounding box, from the first non-empty gland mask in
+   source order (whole_gland/AI/Guerbet23, then Bosma22b); without a usable gland mask, the
+   centre of the T2W volume, with a warning (``gland_source = "none"``); the crop origin is
+   snapped onto a T2W voxel centre (moves it by <= half a T2W voxel);
 3. one output grid: the T2W orientation, the target ``spacing`` and the fixed ``crop`` size,
-   centred there; ADC/HBV and T2W are resampled straight onto it (linear; masks nearest). This
+   centred there; ADC/HBV and T2W are resampled straight onto it (linear; masks nearest, from
+   the T2W grid). This
    is "ADC/HBV onto the T2W grid, then to the target spacing" done as ONE interpolation per
    image (composing two resamplings would blur twice); regions outside an image's field of view
    are padded and then set to 0 after normalisation. As in picai_prep, no anti-aliasing filter
@@ -20,8 +26,12 @@ Per case (:func:`prepare_case`):
    hidden temporary folder renamed into place at the end, so a case folder is complete by
    construction.
 
+Lesions are counted as picai_eval counts them (26-connected components): ``n_lesions_source``
+on the source mask and ``n_lesions_prepared`` on the prepared one. At a coarser prepared grid
+two nearby lesions can touch and merge into one; that is sampling, not an error.
+
 Then :func:`prepare_dataset` writes ``cases.csv`` (metadata, splits, PI-RADS consensus),
-``cache.pt`` (float16 images + uint8 masks, DESIGN.md "Data on the device"), ``bad_cases.csv``
+``cache.pt`` (float16 images + uint8 masks, docs/ARCHITECTURE.md "Prepared dataset"), ``bad_cases.csv``
 and, last, ``manifest.json``. Rerunning skips finished cases (resumable, idempotent); leftover
 temporary folders from a crash or Ctrl-C are removed first.
 
@@ -45,10 +55,10 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..io_utils import atomic_path, sha256_file, write_json_atomic
-from . import readers
+from . import geometry, readers
 from .readers import DataReadError, SEQUENCES
 
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: masks resampled onto the T2W grid, gland fallback, lesion counts
 CASE_FILES = ("image.nii.gz", "gland.nii.gz", "zones.nii.gz", "lesions.nii.gz", "meta.json")
 TMP_PREFIX = ".tmp-"
 #: below this share of the crop inside the ADC/HBV field of view, the sequences do not overlap T2W
@@ -219,27 +229,39 @@ def _process(case_id, images_root, labels_root, spacing, crop, case_csPCa):
             raise CaseError(case_id, p, "image contains NaN or infinite values")
     t2w = imgs["t2w"]
     lab = readers.find_labels(labels_root, case_id)
+    moved = []  # (what, GridShift) of the masks resampled onto the T2W grid
 
-    def mask(path, what):
+    def mask(path, what, lesions=False):
+        """The mask at ``path`` on the T2W grid (nearest neighbour, as picai_prep)."""
         try:
             m = readers.read_mask(path)
         except DataReadError as e:
             raise CaseError(case_id, path, e.reason) from None
-        why = readers.geometry_mismatch(m, t2w)
-        if why:
-            raise CaseError(case_id, path, f"{what} mask geometry does not match T2W: {why}")
-        return m
+        try:
+            m, shift, info = geometry.to_reference_grid(m, t2w, lesions=lesions)
+        except geometry.MaskGeometryError as e:
+            raise CaseError(case_id, path, f"{what} mask geometry: {e}") from None
+        if info["resampled"]:
+            moved.append((what, shift))
+            if shift.voxels >= 1:
+                warn.append(f"{what} mask grid lies {shift.voxels:.2f} T2W voxels ({shift.mm:.2f} mm) "
+                            f"from the T2W grid: resampled onto it")
+        return m, info
 
-    gland = mask(lab.gland, "gland") if lab.gland else None
-    lesion = mask(lab.lesion, "lesion") if lab.lesion else None
-    zones = mask(lab.zones, "zonal") if lab.zones else None
-    if gland is not None:
-        centre = gland_centre(gland)
-        if centre is None:
-            raise CaseError(case_id, lab.gland, "empty gland mask")
-    else:
+    # Gland: the first non-empty mask in source order (Guerbet23, Bosma22b), else a centre crop.
+    gland, gland_source, centre = None, "none", None
+    for src, path in lab.glands:
+        g, _ = mask(path, f"{src} gland")
+        centre = gland_centre(g)
+        if centre is not None:
+            gland, gland_source = g, src
+            break
+        warn.append(f"{src} gland mask is empty")
+    if gland is None:
         centre = volume_centre(t2w)
-        warn.append("no gland mask: centre crop")
+        warn.append("no usable gland mask: centre crop")
+    lesion, lesion_info = mask(lab.lesion, "lesion", lesions=True) if lab.lesion else (None, {})
+    zones = mask(lab.zones, "zonal")[0] if lab.zones else None
     if lesion is not None:
         lv = sitk.GetArrayViewFromImage(lesion)
         if lv.max() > 5:
@@ -272,22 +294,42 @@ def _process(case_id, images_root, labels_root, spacing, crop, case_csPCa):
         gland_in_crop = float(np.count_nonzero(arrays["gland"]) * vox_ratio / n_ref)
         if gland_in_crop < 0.95:
             warn.append(f"crop holds {gland_in_crop:.0%} of the gland")
-    if lesion is not None and not arrays["lesions"].any() and sitk.GetArrayViewFromImage(lesion).any():
-        warn.append("the lesion lies outside the crop")
+    n_source = int(lesion_info.get("n_source", 0))
+    if n_source:
+        lost = _lesions_lost_in_crop(lesion, grid)
+        if lost:
+            warn.append(f"{lost} of {n_source} lesion(s) have no voxel in the prepared crop "
+                        f"(outside it, or smaller than a prepared voxel)")
+    shift_mm = max((sh.mm for _, sh in moved), default=0.0)
+    shift_vox = max((sh.voxels for _, sh in moved), default=0.0)
     meta = dict(
         case_id=case_id,
-        gland_source=lab.gland_source,
+        gland_source=gland_source,
         lesion_source=lab.lesion_source,
         zones_source=lab.zones_source,
         gland_in_crop=round(gland_in_crop, 4) if gland is not None else None,
         lesion_voxels=int(np.count_nonzero(arrays["lesions"])),
         lesion_max=int(arrays["lesions"].max()),
+        n_lesions_source=n_source,
+        n_lesions_prepared=geometry.count_lesions(arrays["lesions"]),
+        masks_resampled=";".join(what for what, _ in moved),
+        mask_shift_mm=round(shift_mm, 4),
+        mask_shift_voxels=round(shift_vox, 4),
         t2w_spacing=[round(v, 4) for v in t2w.GetSpacing()],
         t2w_size=list(t2w.GetSize()),
         adc_spacing=[round(v, 4) for v in imgs["adc"].GetSpacing()],
         warnings="; ".join(warn),
     )
     return meta, arrays, grid
+
+
+def _lesions_lost_in_crop(lesion: sitk.Image, grid: sitk.Image) -> int:
+    """How many lesion components of ``lesion`` (on the T2W grid) have no voxel on ``grid``."""
+    labels, n = geometry.label_components(sitk.GetArrayViewFromImage(lesion))
+    lab = sitk.GetImageFromArray(labels.astype(np.uint32))
+    lab.CopyInformation(lesion)
+    kept = np.unique(_resample(lab, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32))
+    return n - int(np.count_nonzero(kept))
 
 
 def _case_job(args):
@@ -346,10 +388,13 @@ def prepare_dataset(
     progress: bool = True,
     max_cases: int | None = None,
     extra_manifest: dict | None = None,
+    split: dict | None = None,
 ) -> PrepareReport:
     """Turn the raw layout into the prepared dataset in ``out`` (see module docstring).
 
     ``spacing`` (mm) and ``crop`` (voxels) are (z, y, x). ``workers`` defaults to min(4, CPUs).
+    ``split`` is a profile's ``data.split`` section (default: the course split, test 25 %,
+    val 15 %; see :func:`.splits.split_settings`); ``seed`` seeds it.
     Bad cases are skipped and listed in ``bad_cases.csv``; ``strict=True`` raises
     :class:`PrepareError` at the first one. ``max_cases`` keeps the first N cases (sorted ids).
     Two calls on one ``out`` folder (two notebooks at once) are serialised by a lock file.
@@ -358,6 +403,9 @@ def prepare_dataset(
         raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {spacing}")
     if len(crop) != 3 or min(crop) < 1:
         raise ValueError(f"crop must be 3 positive integers (z, y, x), got {crop}")
+    from .splits import split_settings
+
+    split = split_settings(split)  # a bad setting fails here, before any case is prepared
     if not Path(raw_images).is_dir():
         raise DataReadError(raw_images, "images folder not found")
     if not (Path(labels) / readers.MARKSHEET).is_file():
@@ -367,7 +415,8 @@ def prepare_dataset(
     with _exclusive(out / ".lock"):
         return _prepare_unlocked(
             raw_images, labels, out, spacing=spacing, crop=crop, workers=workers, strict=strict,
-            seed=seed, progress=progress, max_cases=max_cases, extra_manifest=extra_manifest)
+            seed=seed, progress=progress, max_cases=max_cases, extra_manifest=extra_manifest,
+            split=split)
 
 
 @contextlib.contextmanager
@@ -387,7 +436,7 @@ def _exclusive(lock_path: Path):
 
 
 def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict, seed, progress,
-                      max_cases, extra_manifest) -> PrepareReport:
+                      max_cases, extra_manifest, split) -> PrepareReport:
     """The body of :func:`prepare_dataset`, run under its lock."""
     t0 = time.perf_counter()
     raw_images, labels, out = Path(raw_images), Path(labels), Path(out)
@@ -420,6 +469,8 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
         if strict:
             raise PrepareError(f"case {c}: {labels / readers.MARKSHEET}: case not in the marksheet")
     case_ids = [c for c in case_ids if c in ms.index]
+    # the split first: a scheme that cannot split these cases fails before any case is prepared
+    splits = _splits_of(case_ids, ms, seed, split)
     done = [c for c in case_ids if is_finished(out / "cases" / c)]
     done_set = set(done)
     todo = [c for c in case_ids if c not in done_set]
@@ -471,7 +522,7 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
     prepared = [c for c in case_ids if is_finished(out / "cases" / c)]
     if not prepared:
         raise PrepareError(f"no case could be prepared from {raw_images}; see the reasons: {bad[:3]}")
-    table = _build_table(out, prepared, case_ids, ms, seed)
+    table = _build_table(out, prepared, ms, splits[0])
     # manifest.json marks a finished dataset: drop an earlier one before its tables change, so
     # a crash below leaves the folder unfinished (resumable), never old manifest + new table.
     (out / "manifest.json").unlink(missing_ok=True)
@@ -490,8 +541,10 @@ def _prepare_unlocked(raw_images, labels, out, *, spacing, crop, workers, strict
         n_cases=len(prepared),
         n_bad=len(bad_df),
         n_positive=int(table["case_csPCa"].sum()),
-        split_counts={s: int(n) for s, n in table["split"].value_counts().items()},
-        splits="course",  # official picai_baseline folds: not wired yet (see splits.py)
+        split_counts=_split_counts(table),
+        splits=splits[1],
+        split=split,
+        split_candidates=case_ids,
         warnings=warn,
         versions=_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -509,14 +562,24 @@ _TABLE_FIRST = [
 ]
 
 
-def _build_table(out: Path, prepared: list[str], candidates: list[str], ms: pd.DataFrame,
-                 seed: int) -> pd.DataFrame:
-    from .splits import assign_splits
+def _split_counts(table: pd.DataFrame) -> dict:
+    return {s: int(n) for s, n in table["split"].value_counts().items()}
 
-    # Splits are drawn over every candidate case of the marksheet, not only the cases that
-    # prepared: fixing a bad case and rerunning never moves other patients between splits.
+
+def _splits_of(candidates: list[str], ms: pd.DataFrame, seed: int, split: dict) -> tuple[pd.DataFrame, str]:
+    """split/fold of every candidate case (index case_id), and the scheme's label.
+
+    Splits are drawn over every candidate case of the marksheet, not only the cases that
+    prepared: fixing a bad case and rerunning never moves other patients between splits.
+    """
+    from .splits import make_splits
+
     cand = ms.loc[candidates, ["patient_id", "case_csPCa"]].reset_index()
-    splits = assign_splits(cand, seed=seed).set_index("case_id")[["split", "fold"]]
+    table, name = make_splits(cand, split, seed=seed)
+    return table.set_index("case_id")[["split", "fold"]], name
+
+
+def _build_table(out: Path, prepared: list[str], ms: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     metas = [json.loads((out / "cases" / c / "meta.json").read_text()) for c in prepared]
     t = ms.loc[prepared].reset_index()
     m = pd.DataFrame(metas).drop(columns=["case_id"])
@@ -529,6 +592,44 @@ def _build_table(out: Path, prepared: list[str], candidates: list[str], ms: pd.D
         t[col] = [" ".join(str(v) for v in x) for x in t[col]]
     rest = [c for c in t.columns if c not in _TABLE_FIRST]
     return t[_TABLE_FIRST + rest]
+
+
+def update_splits(out: str | os.PathLike, split: dict | None, *, seed: int | None = None,
+                  extra_manifest: dict | None = None) -> dict:
+    """Recompute the ``split``/``fold`` columns of a finished prepared dataset for other split
+    settings, without preparing any case again (images and cache do not depend on the split).
+
+    ``cases.csv`` and ``manifest.json`` are rewritten atomically under the dataset's lock (the
+    manifest is dropped first, so a crash in between leaves an unfinished folder, never a new
+    table beside an old manifest). The split is drawn over the same candidate cases as the
+    first prepare (``split_candidates`` in the manifest), with the marksheet recorded there.
+    Returns the new manifest.
+    """
+    from .splits import split_settings
+
+    out = Path(out)
+    split = split_settings(split)
+    with _exclusive(out / ".lock"):
+        manifest = json.loads((out / "manifest.json").read_text())
+        seed = int(manifest["params"]["seed"] if seed is None else seed)
+        labels = Path(manifest["labels"])
+        ms_path = labels / readers.MARKSHEET
+        if sha256_file(ms_path) != manifest["marksheet_sha256"]:
+            raise ValueError(f"{ms_path} changed since {out} was prepared; prepare it again")
+        ms = readers.read_marksheet(ms_path).set_index("case_id")
+        # every column as the text it is, so the rest of the table is written back unchanged
+        table = pd.read_csv(out / "cases.csv", dtype=str, keep_default_na=False)
+        candidates = manifest.get("split_candidates") or list(table["case_id"])
+        splits, name = _splits_of(candidates, ms, seed, split)
+        table["split"] = table["case_id"].map(splits["split"])
+        table["fold"] = table["case_id"].map(splits["fold"]).astype(int)
+        (out / "manifest.json").unlink()
+        with atomic_path(out / "cases.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        manifest.update(split_counts=_split_counts(table), splits=name, split=split,
+                        **(extra_manifest or {}))
+        write_json_atomic(out / "manifest.json", manifest)
+    return manifest
 
 
 def _fill(buffers: dict, n: int, i: int, arrays: dict) -> None:
@@ -585,5 +686,5 @@ def _versions() -> dict:
             **{k: v for k, v in package_versions(names).items() if v != "not installed"}}
 
 
-__all__ = ["prepare_dataset", "prepare_case", "PrepareReport", "PrepareError", "CaseError",
-           "crop_grid", "gland_centre", "zscore_clip", "clean_temporaries"]
+__all__ = ["prepare_dataset", "prepare_case", "update_splits", "PrepareReport", "PrepareError",
+           "CaseError", "crop_grid", "gland_centre", "zscore_clip", "clean_temporaries"]

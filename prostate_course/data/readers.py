@@ -6,7 +6,8 @@
   package (MONAI's own ``ITKReader`` needs ``itk``, a large extra install).
 - masks: picai_labels layout (``csPCa_lesion_delineations/...``, ``anatomical_delineations/...``)
   through nibabel (:func:`read_mask`), found by :func:`find_labels` in the source order of
-  DESIGN.md "Contracts".
+  docs/ARCHITECTURE.md "Raw layout" (lesions: human_expert/resampled, then Pooch25; gland:
+  Guerbet23, then Bosma22b, then none).
 - clinical table: :func:`read_marksheet` (one typed row per case), :func:`lesion_table` (one row
   per lesion) and :func:`pirads_consensus` (majority PI-RADS and confidence, Ruppli et al. 2023).
 
@@ -25,21 +26,14 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-SEQUENCES = ("t2w", "adc", "hbv")
-
-# picai_labels sub-folders, in the order they are tried (DESIGN.md "Contracts").
-LESION_SOURCES = (
-    ("resampled", "csPCa_lesion_delineations/human_expert/resampled"),  # ISUP 2-5
-    ("Pooch25", "csPCa_lesion_delineations/human_expert/Pooch25"),  # binary -> 1
+# Folder names and marksheet columns have one home: layout.py (light, shared with the generator).
+from .layout import (  # re-exported: readers.MARKSHEET etc. keep working
+    GLAND_SOURCES, LESION_SOURCES, MARKSHEET, MARKSHEET_COLUMNS, NA_TOKENS, REPORTS_COLUMN,
+    SEQUENCES, ZONES_DIR,
 )
-GLAND_SOURCES = (
-    ("Guerbet23", "anatomical_delineations/whole_gland/AI/Guerbet23"),
-    ("Bosma22b", "anatomical_delineations/whole_gland/AI/Bosma22b"),
-)
-ZONES_DIR = "anatomical_delineations/zonal_pz_tz/AI"  # any model folder below it (Yuan23, ...)
-MARKSHEET = "clinical_information/marksheet.csv"
 
-#: Confidence given to an exam with a single usable report. SCIENCE.md: it must be smaller than
+#: Confidence given to an exam with a single usable report (Ruppli et al. 2023 give a single
+#: report a small epsilon): it must be smaller than
 #: the least confidence possible with 7 reports (2*(4/7 - 1/2) = 0.143), so one report never
 #: outweighs a real (if weak) consensus.
 SINGLE_REPORT_CONF = 0.1
@@ -203,15 +197,20 @@ class LabelPaths:
     gland_source: str  # "Guerbet23" | "Bosma22b" | "none"
     zones: Path | None
     zones_source: str  # model folder name, e.g. "Yuan23", or "none"
+    #: every gland mask present, in source order: ((source, path), ...); prepare falls back
+    #: along it when a mask is empty
+    glands: tuple = ()
 
 
 def find_labels(labels_root: str | os.PathLike, case_id: str) -> LabelPaths:
-    """Look up the picai_labels masks of ``case_id`` in the source order of DESIGN.md "Contracts".
+    """Look up the picai_labels masks of ``case_id`` in the course's source order
+    (docs/ARCHITECTURE.md "Raw layout").
 
     Lesions: human_expert/resampled (ISUP-valued) else human_expert/Pooch25 (binary, read as
     1 = csPCa grade unknown) else none (an empty mask: right for negatives; the caller flags a
     csPCa-positive case without one). Gland: whole_gland/AI/Guerbet23, then Bosma22b, then none
-    (the caller falls back to a centre crop). Zones: the first model folder under zonal_pz_tz/AI.
+    (the caller falls back to a centre crop); ``glands`` lists every gland mask present, so the
+    caller can pass over an empty one. Zones: the first model folder under zonal_pz_tz/AI.
     """
     root = Path(labels_root)
     name = f"{case_id}.nii.gz"
@@ -225,9 +224,10 @@ def find_labels(labels_root: str | os.PathLike, case_id: str) -> LabelPaths:
 
     lesion, lesion_src = first(LESION_SOURCES)
     gland, gland_src = first(GLAND_SOURCES)
+    glands = tuple((src, root / sub / name) for src, sub in GLAND_SOURCES if (root / sub / name).is_file())
     zone_dirs = sorted(p for p in (root / ZONES_DIR).glob("*") if p.is_dir()) if (root / ZONES_DIR).is_dir() else []
     zones, zones_src = first((d.name, str(d.relative_to(root))) for d in zone_dirs)
-    return LabelPaths(lesion, lesion_src, gland, gland_src, zones, zones_src)
+    return LabelPaths(lesion, lesion_src, gland, gland_src, zones, zones_src, glands)
 
 
 def read_mask(path: str | os.PathLike) -> sitk.Image:
@@ -284,12 +284,7 @@ def geometry_mismatch(img: sitk.Image, ref: sitk.Image, tol_voxels: float = 0.25
 
 
 # -------------------------------------------------------------------------------- marksheet
-MARKSHEET_COLUMNS = (
-    "patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",
-    "histopath_type", "lesion_PIRADS", "lesion_GS", "lesion_ISUP", "case_ISUP", "case_csPCa",
-    "center",
-)
-_NA = {"", "N/A", "NA", "n/a", "nan", "NaN"}
+_NA = NA_TOKENS
 
 
 def _split_list(cell: str, cast):
@@ -314,8 +309,8 @@ def _num(series: pd.Series, path, col) -> pd.Series:
 
 
 def _reports_from_lesions(pirads: list) -> str:
-    vals = [int(v) for v in pirads if v is not None]
-    return str(max(vals)) if vals else ""
+    m = case_pirads(pirads)
+    return "" if math.isnan(m) else str(int(m))
 
 
 def read_marksheet(path: str | os.PathLike) -> pd.DataFrame:
@@ -364,13 +359,13 @@ def read_marksheet(path: str | os.PathLike) -> pd.DataFrame:
         raise DataReadError(path, f"case_csPCa must be YES/NO, got {raw['case_csPCa'][bad].iloc[0]!r}")
     df["case_csPCa"] = cs.isin(["YES", "1"]).astype(int)
     df["center"] = raw["center"].str.strip()
-    if "pirads_reports" in raw.columns:  # synthetic cohort: simulated readers
-        df["pirads_reports"] = raw["pirads_reports"].str.strip().str.replace(",", ";")
+    if REPORTS_COLUMN in raw.columns:  # synthetic cohort: simulated readers
+        df["pirads_reports"] = raw[REPORTS_COLUMN].str.strip().str.replace(",", ";")
         df["pirads_source"] = "readers"
     else:  # real PI-CAI: one routine report per case (max lesion PI-RADS)
         df["pirads_reports"] = [_reports_from_lesions(v) for v in df["lesion_PIRADS"]]
         df["pirads_source"] = "marksheet_max"
-    parsed = [_parse_reports(r) for r in df["pirads_reports"]]
+    parsed = [parse_reports(r) for r in df["pirads_reports"]]
     df["n_reports"] = [len(p) for p in parsed]
     df["pirads_max"] = [float(max(p)) if p else np.nan for p in parsed]
     if df["case_id"].duplicated().any():
@@ -402,13 +397,25 @@ def lesion_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------- PI-RADS
-def _parse_reports(reports) -> list[int]:
+def parse_reports(reports) -> list[int]:
+    """Case-level PI-RADS reports, one per reader: ``"4;3;4"`` (or ``"4,3,4"``, or a list)
+    -> ``[4, 3, 4]``; empty, NaN and N/A entries are dropped. The one parser of the
+    ``pirads_reports`` column (readers, agreement statistics and figures all call it)."""
     if reports is None or (isinstance(reports, float) and math.isnan(reports)):
         return []
     if isinstance(reports, str):
         toks = [t.strip() for t in reports.replace(",", ";").split(";")]
         return [int(float(t)) for t in toks if t and t not in _NA]
     return [int(v) for v in reports if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def case_pirads(lesion_pirads) -> float:
+    """Case PI-RADS = the highest lesion PI-RADS, ignoring N/A; NaN when none is reported.
+
+    Accepts the marksheet cell (``"5,2,N/A"``) or the parsed list (``[5, 2, None]``)."""
+    vals = _split_list(lesion_pirads, int) if isinstance(lesion_pirads, str) else list(lesion_pirads or [])
+    vals = [int(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(max(vals)) if vals else float("nan")
 
 
 def pirads_consensus(reports: str | Iterable[int]) -> tuple[float, float]:
@@ -420,7 +427,7 @@ def pirads_consensus(reports: str | Iterable[int]) -> tuple[float, float]:
     confidence :data:`SINGLE_REPORT_CONF` (0.1, below 0.143, the least confidence possible
     with 7 reports). Returns (majority 0.0/1.0 or nan, confidence).
     """
-    vals = _parse_reports(reports)
+    vals = parse_reports(reports)
     binary = [0 if v <= 2 else 1 for v in vals if v != 3]
     if not binary:
         return float("nan"), 0.0
@@ -446,5 +453,6 @@ __all__: Sequence[str] = (
     "SEQUENCES", "DataReadError", "read_sitk", "sitk_affine_ras", "sitk_from_array_ras",
     "SimpleITKReader", "register_simpleitk_reader", "image_paths", "list_cases", "LabelPaths",
     "find_labels", "read_mask", "geometry_mismatch", "read_marksheet", "lesion_table",
-    "pirads_consensus", "add_pirads_consensus", "SINGLE_REPORT_CONF",
+    "parse_reports", "case_pirads", "pirads_consensus", "add_pirads_consensus", "SINGLE_REPORT_CONF",
+    "MARKSHEET", "MARKSHEET_COLUMNS",
 )

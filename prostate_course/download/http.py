@@ -10,11 +10,17 @@ What :func:`download` guarantees:
 - an interrupted transfer resumes with an HTTP ``Range: bytes=<n>-`` request and appends to
   the ``.part`` file; a server that ignores Range (answers 200) is detected and the transfer
   restarts from zero;
-- connection errors, time-outs and 408/429/5xx answers are retried with exponential back-off
+- transient errors (time-outs, dropped or reset connections, HTTP 408/429/5xx, a refused
+  connection to a host that answered before) are retried with exponential back-off
   (``backoff * 2**attempt`` seconds, the attempt counter reset whenever bytes arrived);
+- errors a retry cannot heal fail at once, with the same message: a name that does not
+  resolve, a refused or unreachable connection to a host that has never answered in this
+  process (offline, firewall, wrong mirror), and HTTP 4xx other than 408/429;
+- nothing is written before the first byte of data arrives: the destination folder, the lock
+  and the ``.part`` file are made only then, so an offline run leaves nothing behind;
 - a checksum mismatch removes the file and raises :class:`ChecksumError`;
-- 404 and other client errors, and a host that cannot be reached, raise :class:`DownloadError`
-  with a message that says what happened and how to download the file by hand;
+- errors raise :class:`DownloadError` with a message that says what happened and how to
+  download the file by hand;
 - two processes never write the same ``.part``: a ``<name>.lock`` holding the pid is taken
   (a lock whose process is gone is taken over);
 - a file already downloaded and verified is not requested again (a small
@@ -22,7 +28,7 @@ What :func:`download` guarantees:
 """
 from __future__ import annotations
 
-import contextlib
+import errno
 import http.client
 import json
 import os
@@ -30,16 +36,46 @@ import shutil
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from ..io_utils import file_digest, write_json_atomic
 
 USER_AGENT = "prostate-course-downloader/1.0 (+urllib)"
-#: HTTP statuses worth retrying (transient server or rate-limit errors).
-RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: HTTP client errors worth retrying (time-out, rate limit); every 5xx is retried too.
+RETRY_CLIENT_STATUS = frozenset({408, 429})
 _NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout,
                    http.client.HTTPException)
+#: ``host:port`` of every server that sent an HTTP answer (any status) in this process: a
+#: refused connection to one of them is a restart or an overload, worth retrying.
+_ANSWERED: set = set()
+_UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH})
+
+
+def retry_status(code: int) -> bool:
+    """True for HTTP statuses a retry may heal: 408, 429 and every 5xx."""
+    return code in RETRY_CLIENT_STATUS or 500 <= code <= 599
+
+
+def _netloc(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc.lower()
+
+
+def is_permanent(err: BaseException, url: str) -> bool:
+    """True if the network error ``err`` (raised for ``url``) cannot heal on a retry.
+
+    A name that does not resolve (``socket.gaierror``: offline, or a typo), and a refused or
+    unreachable connection to a host that never answered in this process. Everything else
+    (time-outs, resets, cut transfers, a refusal from a host that answered before) is transient.
+    """
+    reason = getattr(err, "reason", err) if isinstance(err, urllib.error.URLError) else err
+    if isinstance(reason, socket.gaierror):
+        return True
+    if isinstance(reason, OSError) and (isinstance(reason, ConnectionRefusedError)
+                                        or reason.errno in _UNREACHABLE_ERRNOS):
+        return _netloc(url) not in _ANSWERED
+    return False
 
 
 class DownloadError(RuntimeError):
@@ -164,8 +200,17 @@ def _verify_existing(dest: Path, md5: str | None, size: int | None, log) -> bool
 
 
 def _open(url: str, headers: dict, timeout: float):
+    """``urlopen`` that remembers which hosts answered (see :func:`is_permanent`)."""
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
-    return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (http(s) URLs only)
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (http(s) URLs only)
+    except urllib.error.HTTPError:
+        _ANSWERED.add(_netloc(url))
+        raise
+    _ANSWERED.add(_netloc(url))
+    if resp.url and _netloc(resp.url) != _netloc(url):  # followed a redirect
+        _ANSWERED.add(_netloc(resp.url))
+    return resp
 
 
 def _http_error_message(url: str, code: int, reason: str, manual_hint: str) -> str:
@@ -209,50 +254,75 @@ def fetch_json(url: str, *, retries: int = 4, backoff: float = 1.0, timeout: flo
             except ValueError as e:
                 raise DownloadError(f"{url} did not return JSON ({e}); first bytes: {body[:80]!r}")
         except urllib.error.HTTPError as e:
-            if e.code in RETRY_STATUS and attempt < retries:
+            if retry_status(e.code) and attempt < retries:
                 _sleep(backoff, attempt, log, f"HTTP {e.code} from {url}")
                 attempt += 1
                 continue
             raise DownloadError(_http_error_message(url, e.code, e.reason, manual_hint)) from None
         except _NETWORK_ERRORS as e:
-            if attempt < retries:
+            if attempt < retries and not is_permanent(e, url):
                 _sleep(backoff, attempt, log, f"{url}: {getattr(e, 'reason', e)}")
                 attempt += 1
                 continue
             raise DownloadError(_network_message(url, e, manual_hint)) from None
 
 
-@contextlib.contextmanager
-def _download_lock(dest: Path):
-    """Hold ``<dest>.lock`` (our pid) so two processes never append to the same ``.part``.
-
-    A lock left by a process that no longer runs is taken over.
-    """
+def _lock_owner(lock: Path) -> int:
+    """The pid in ``lock`` if that process still runs (and is not us), else 0."""
     import psutil
 
-    lock = dest.with_name(dest.name + ".lock")
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    try:
+        pid = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+    return pid if pid and pid != os.getpid() and psutil.pid_exists(pid) else 0
+
+
+def _busy_message(dest: Path, lock: Path, pid: int) -> str:
+    return (f"{dest.name} is being downloaded by another process (pid {pid}); wait for it to "
+            f"finish, or delete {lock} if that process is not a download.")
+
+
+class _LazyLock:
+    """``<dest>.lock`` (our pid), taken only when the first byte of data has arrived, so that a
+    download that fails before (offline) writes nothing. A lock whose process is gone is taken
+    over; one held by a live process raises :class:`DownloadError`."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.path = dest.with_name(dest.name + ".lock")
+        self.held = False
+
+    def check(self) -> None:
+        """Refuse at once (before any request) when a live process holds the lock."""
+        pid = _lock_owner(self.path) if self.path.exists() else 0
+        if pid:
+            raise DownloadError(_busy_message(self.dest, self.path, pid))
+
+    def acquire(self) -> bool:
+        """Take the lock (making the folder if needed); True the first time."""
+        if self.held:
+            return False
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
             try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and psutil.pid_exists(pid):
-                raise DownloadError(
-                    f"{dest.name} is being downloaded by another process (pid {pid}); wait for "
-                    f"it to finish, or delete {lock} if that process is not a download.") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-        return
-    raise DownloadError(f"could not take the lock {lock}")
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid = _lock_owner(self.path)
+                if pid:
+                    raise DownloadError(_busy_message(self.dest, self.path, pid)) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return True
+        raise DownloadError(f"could not take the lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
@@ -265,19 +335,20 @@ def download(url: str, dest: str | os.PathLike, *, md5: str | None = None,
     returned without any request. See the module docstring for the guarantees.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     md5 = md5.lower() if md5 else None
     if _verify_existing(dest, md5, size, log):
         return dest
-    with _download_lock(dest):
-        if _verify_existing(dest, md5, size, log):  # finished meanwhile by another process
-            return dest
+    lock = _LazyLock(dest)
+    lock.check()
+    try:
         return _download(url, dest, md5, size, retries, backoff, timeout, chunk_size, progress,
-                         manual_hint, log)
+                         manual_hint, log, lock)
+    finally:
+        lock.release()
 
 
 def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size, progress,
-              manual_hint, log) -> Path:
+              manual_hint, log, lock: _LazyLock) -> Path:
     from tqdm.auto import tqdm
 
     part = part_path(dest)
@@ -287,12 +358,13 @@ def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size,
         offset = part.stat().st_size if part.exists() else 0
         if size is not None and offset > size:
             log(f"{part} is larger than the expected {size} bytes: starting again.")
+            lock.acquire()
             part.unlink()
             offset = 0
         if size is not None and offset == size and size > 0:
             break  # a previous run got every byte; only verification is left
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        received = 0
+        asked, received = offset, 0
         try:
             with _open(url, headers, timeout) as resp:
                 status = resp.status
@@ -300,6 +372,7 @@ def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size,
                     crange = resp.headers.get("Content-Range", "")
                     if not crange.startswith(f"bytes {offset}-"):
                         log(f"unexpected Content-Range {crange!r} from {url}: starting again.")
+                        lock.acquire()
                         part.unlink(missing_ok=True)
                         continue
                 elif offset:
@@ -308,13 +381,21 @@ def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size,
                     offset = 0
                 length = resp.headers.get("Content-Length")
                 expected_total = offset + int(length) if length is not None else size
+                block = resp.read(chunk_size)  # the first byte of data: only now write anything
+                if lock.acquire():
+                    if _verify_existing(dest, md5, size, log):  # finished meanwhile elsewhere
+                        return dest
+                    now = part.stat().st_size if part.exists() else 0
+                    if now != asked:  # another process wrote meanwhile: ask again from `now`
+                        continue
                 with open(part, "ab" if offset else "wb") as f, tqdm(
                         total=expected_total, initial=offset, unit="B", unit_scale=True,
                         unit_divisor=1024, desc=dest.name, disable=not progress) as bar:
-                    while block := resp.read(chunk_size):
+                    while block:
                         f.write(block)
                         received += len(block)
                         bar.update(len(block))
+                        block = resp.read(chunk_size)
                 if expected_total is not None and offset + received < expected_total:
                     raise _Incomplete(f"connection closed after {offset + received} of "
                                       f"{expected_total} bytes")
@@ -324,9 +405,10 @@ def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size,
                 # Range not satisfiable: the .part is complete or stale. Verify or restart.
                 if size is None or offset == size:
                     break
+                lock.acquire()
                 part.unlink(missing_ok=True)
                 continue
-            if e.code in RETRY_STATUS and attempt < retries:
+            if retry_status(e.code) and attempt < retries:
                 _sleep(backoff, attempt, log, f"HTTP {e.code} for {dest.name}")
                 attempt += 1
                 continue
@@ -334,13 +416,14 @@ def _download(url, dest: Path, md5, size, retries, backoff, timeout, chunk_size,
         except (_Incomplete, *_NETWORK_ERRORS) as e:
             if received:
                 attempt = 0  # progress was made: a flaky line, not a dead host
-            if attempt < retries:
+            if attempt < retries and not is_permanent(e, url):
                 _sleep(backoff, attempt, log,
                        f"{dest.name}: {getattr(e, 'reason', e)} (will resume)")
                 attempt += 1
                 continue
             raise DownloadError(_network_message(url, e, manual_hint)) from None
 
+    lock.acquire()  # (a no-op when already held) a resumed, complete .part is ours to finish
     got = part.stat().st_size
     if size is not None and got != size:
         part.unlink()

@@ -145,6 +145,7 @@ def fetch_images(folds=(0,), *, raw_dir=None, downloads=None, max_cases=None, ba
                              f"extracting {len(missing)} case folder(s) of {f.name}")
             log(f"{f.name}: extracting {len(missing)} of {len(units)} case folder(s) into "
                 f"{images}")
+        write_license_notice(raw_dir)  # beside the data, from the first byte written there
         rep = safe_extract(dest, images, select=units, progress=progress)
         summary["extracted_cases"] += len(rep.extracted)
         summary["skipped_cases"] += len(rep.skipped)
@@ -194,6 +195,7 @@ def fetch_labels(*, raw_dir=None, downloads=None, base_url=None, commit=sources.
         _record_download(downloads, remote.name, {"url": remote.url, "commit": commit,
                                                   "sha256": digest, "size": dest.stat().st_size,
                                                   "source": sources.LABELS_PAGE})
+    write_license_notice(raw_dir)
     rep = safe_extract(dest, labels, strip_components=1, progress=progress)
     _mark_complete(labels, dest)
     marksheet = labels / "clinical_information" / "marksheet.csv"
@@ -344,11 +346,12 @@ def images_main(argv=None) -> int:
                     "interruption and are verified (md5 from the record) before use.",
         epilog="Examples:  python data_download/picai.py --folds 0 --dry-run\n"
                "           python data_download/picai.py --folds 0 --prepare\n"
-               "           python data_download/picai.py --folds 0 1 2 3 4",
+               "           python data_download/picai.py --profile full   # all 5 folds",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
-                   help="which of the 5 fold archives (0-4); default 0 (~300 cases, a Colab-sized "
-                        "subset); all five for the full profile")
+    p.add_argument("--folds", type=int, nargs="+", default=None, metavar="K",
+                   help="which of the 5 fold archives (0-4); default: the profile's "
+                        "data.download_folds (gpu: 0, ~300 cases, a Colab-sized subset; full: "
+                        "all five)")
     p.add_argument("--max-cases", type=int, default=None, metavar="N",
                    help="extract and prepare only the first N cases. NOTE: the download unit is "
                         "still a whole fold archive (several GB); this limits extraction and "
@@ -358,7 +361,8 @@ def images_main(argv=None) -> int:
                    help="after downloading, run prepare so the notebooks can use the data "
                         "(prostate-course run --profile gpu --set data.source=picai)")
     p.add_argument("--profile", default="gpu",
-                   help="profile whose spacing/crop prepare uses (default gpu)")
+                   help="profile whose download_folds, spacing, crop and split are used "
+                        "(default gpu)")
     p.add_argument("--workers", type=int, default=None, help="prepare worker processes")
     p.add_argument("--delete-archives", action="store_true",
                    help="delete each fold archive once fully extracted and verified (saves "
@@ -371,8 +375,12 @@ def images_main(argv=None) -> int:
     if a.max_cases is not None and a.max_cases < 1:
         p.error("--max-cases must be >= 1")
     try:
+        if a.folds is None:
+            from ..profile import load_profile
+
+            a.folds = load_profile(a.profile).download_folds
         folds = sources.check_folds(a.folds)
-    except ValueError as e:
+    except (ValueError, KeyError) as e:  # a bad fold, or an unknown profile
         p.error(str(e))
     print_license_notice()
     if a.dry_run:
@@ -381,7 +389,6 @@ def images_main(argv=None) -> int:
         return 0
     raw = a.dest or default_raw_dir()
     try:
-        write_license_notice(raw)
         s = fetch_images(folds, raw_dir=raw, downloads=a.downloads, max_cases=a.max_cases,
                          base_url=a.zenodo_url, retries=a.retries, backoff=a.backoff,
                          timeout=a.timeout, progress=not a.quiet,
@@ -422,7 +429,6 @@ def labels_main(argv=None) -> int:
         return 0
     raw = a.dest or default_raw_dir()
     try:
-        write_license_notice(raw)
         fetch_labels(raw_dir=raw, downloads=a.downloads, base_url=a.labels_url,
                      retries=a.retries, backoff=a.backoff, timeout=a.timeout,
                      progress=not a.quiet)

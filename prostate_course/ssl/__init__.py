@@ -10,6 +10,7 @@ training split's images only, and writes it as a checkpoint that the label-effic
 - :mod:`.contrastive` - the encoder + projection model, the two-view training step for
   :func:`prostate_course.train.fit`, quick pretraining and encoder checkpoints (notebook 03);
 - :mod:`.diagnostics` - alignment, uniformity, feature spread, a collapse check;
+- :mod:`.sweep` - the batch-size x temperature sweep and linear contrasts of arms (paired);
 - :mod:`.embeddings` - frozen features and their t-SNE map;
 - :mod:`.metadata` - exam metadata for notebook 04: PI-RADS labels with a confidence,
   reader agreement, clinical values standardised on the training exams, resampled reports;

@@ -227,6 +227,20 @@ def pretraining_slices(dataset, split: str = "train"):
     return dataset.slices(split=split, masks=False).unlabelled()
 
 
+def hold_out_exams(slices, share: float = 0.1, seed: int = 0, min_patients: int = 2):
+    """``(fit, held)``: the slices of a random ``share`` of the patients (at least
+    ``min_patients``; all their exams) held out of pretraining, so that the diagnostics are
+    measured on images the encoder did not train on. Seeded."""
+    patients = sorted(set(slices.patient_ids))
+    k = max(min_patients, int(round(share * len(patients))))
+    if k >= len(patients):
+        raise ValueError(f"cannot hold out {k} of {len(patients)} patients and still pretrain")
+    held = set(np.random.default_rng(seed).choice(patients, k, replace=False).tolist())
+    keep = [c for c, p in zip(slices.case_ids, slices.patient_ids) if p not in held]
+    out = [c for c, p in zip(slices.case_ids, slices.patient_ids) if p in held]
+    return slices.subset(keep), slices.subset(out)
+
+
 @dataclass
 class PretrainResult:
     """What :func:`pretrain_run` returns: the model (``model.encoder`` is what later arms use),
@@ -338,9 +352,10 @@ def encoder_or_stand_in(profile: str, method: str, dataset, seed: int = 0, *,
     def init(_seed: int) -> nn.Module:
         return copy.deepcopy(enc)
 
+    init.seed_independent = True
     return init, reason, reason
 
 
 __all__ = ["ContrastiveModel", "ContrastiveStep", "METHODS", "register_method", "make_loss",
-           "meta_tensor", "slice_meta_tensors", "pretraining_slices", "PretrainResult",
+           "meta_tensor", "slice_meta_tensors", "pretraining_slices", "hold_out_exams", "PretrainResult",
            "pretrain_run", "pretrain", "save_encoder", "encoder_or_stand_in"]

@@ -41,10 +41,12 @@ def sample_for_map(labels, n: int = 1500, seed: int = 0) -> np.ndarray:
     return np.sort(pick)
 
 
-def tsne(features, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50) -> np.ndarray:
+def tsne(features, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50,
+         iterations: int = 1000) -> np.ndarray:
     """(N, 2) t-SNE map of ``features`` (PCA to ``pca_dims`` first, not standardised: scaling
     every feature to unit variance would inflate the many near-silent ones), seeded; the
-    perplexity is capped below N / 3 for small sets."""
+    perplexity is capped below N / 3 for small sets; ``iterations`` >= 250 (fewer: faster,
+    rougher maps)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -58,7 +60,7 @@ def tsne(features, seed: int = 0, perplexity: float = 30.0, pca_dims: int = 50) 
         x = PCA(n_components=k, random_state=seed).fit_transform(x)
     perp = float(min(perplexity, max(2.0, (len(x) - 1) / 3)))
     return TSNE(n_components=2, perplexity=perp, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(x).astype(np.float32)
+                max_iter=max(250, int(iterations)), random_state=seed).fit_transform(x).astype(np.float32)
 
 
 def neighbour_agreement(features, labels, k: int = 10) -> float:

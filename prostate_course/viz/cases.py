@@ -5,6 +5,8 @@
   :class:`RawCase` that can resample ADC/HBV onto the T2W grid for display.
 - :func:`overlay`, :func:`show_case`, :func:`slice_viewer` (ipywidgets, with a static figure
   when widgets or a live frontend are not available).
+- :func:`plot_anatomy` (the structures of one slice, labelled), :func:`plot_annotators` and
+  :func:`plot_annotation_agreement` (simulated annotators and their pairwise Dice).
 - :func:`plot_missing`, :func:`plot_pirads_vs_isup`, :func:`plot_reader_agreement`,
   :func:`annotation_costs` for notebook 00.
 
@@ -25,7 +27,8 @@ import pandas as pd
 __all__ = [
     "ISUP_COLOURS", "RawCase", "load_raw_case", "geometry_table", "overlay", "show_case",
     "slice_viewer", "plot_missing", "plot_pirads_vs_isup", "plot_reader_agreement",
-    "annotation_costs", "widgets_available",
+    "annotation_costs", "widgets_available", "plot_anatomy", "plot_annotators",
+    "plot_annotation_agreement",
 ]
 
 SEQUENCES = ("t2w", "adc", "hbv")
@@ -375,14 +378,11 @@ def _is_missing(s: pd.Series) -> pd.Series:
 
 def _case_pirads(df: pd.DataFrame) -> pd.Series:
     """Case-level PI-RADS: pirads_max (parsed marksheet) or the max of lesion_PIRADS."""
+    from ..data.readers import case_pirads
+
     if "pirads_max" in df:
         return df["pirads_max"]
-
-    def mx(v):
-        vals = v if isinstance(v, list) else [x for x in str(v).split(",") if x.strip() not in ("", "N/A")]
-        vals = [int(x) for x in vals if x is not None]
-        return max(vals) if vals else np.nan
-    return df["lesion_PIRADS"].map(mx)
+    return df["lesion_PIRADS"].map(case_pirads)
 
 
 def plot_pirads_vs_isup(df: pd.DataFrame, axes=None):
@@ -436,16 +436,18 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def plot_reader_agreement(df: pd.DataFrame, axes=None, min_cases: int = 10):
-    """Left: Cohen's kappa for every reader pair (heat map). Right: how the other readers scored
-    a case, by the first reader's PI-RADS: the spread is widest at PI-RADS 3.
+    """Left: quadratic-weighted Cohen's kappa for every reader pair (heat map). Right: how the
+    other readers scored a case, by the first reader's PI-RADS: the spread is widest at PI-RADS 3.
 
     Needs ``pirads_reports`` with >= 2 reports for some cases (real PI-CAI has one routine
     report per case: then a ValueError says so). Reader pairs with fewer than ``min_cases``
-    shared cases are left out. Returns (axes, kappa table).
+    shared cases are left out. Returns (axes, kappa table of
+    :func:`prostate_course.agreement.reader_agreement`).
     """
     import matplotlib.pyplot as plt
 
-    from ..data.synthetic import reader_agreement
+    from ..agreement import reader_agreement
+    from ..data.readers import parse_reports
 
     kap = reader_agreement(df, min_cases=min_cases)
     if kap.empty:
@@ -456,7 +458,7 @@ def plot_reader_agreement(df: pd.DataFrame, axes=None, min_cases: int = 10):
     ids = sorted(set(kap.reader_a) | set(kap.reader_b))
     mat = pd.DataFrame(np.nan, index=ids, columns=ids)
     for r in kap.itertuples():
-        mat.loc[r.reader_a, r.reader_b] = mat.loc[r.reader_b, r.reader_a] = r.kappa
+        mat.loc[r.reader_a, r.reader_b] = mat.loc[r.reader_b, r.reader_a] = r.kappa_quadratic
     im = axes[0].imshow(mat.values, vmin=0, vmax=1, cmap="viridis")
     for i in range(len(ids)):
         for j in range(len(ids)):
@@ -464,11 +466,12 @@ def plot_reader_agreement(df: pd.DataFrame, axes=None, min_cases: int = 10):
                 axes[0].text(j, i, f"{mat.values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
     axes[0].set_xticks(range(len(ids)), [f"R{i}" for i in ids])
     axes[0].set_yticks(range(len(ids)), [f"R{i}" for i in ids])
-    axes[0].set_title(f"Cohen's kappa per reader pair (mean {kap.kappa.mean():.2f})", fontsize=10)
+    axes[0].set_title(f"quadratic-weighted kappa per reader pair\n(mean {kap.kappa_quadratic.mean():.2f}; "
+                      f"unweighted {kap.kappa_unweighted.mean():.2f})", fontsize=9)
     plt.colorbar(im, ax=axes[0], fraction=0.046)
     rows = []
-    for rep in df["pirads_reports"].fillna("").astype(str):
-        s = [int(x) for x in rep.replace(",", ";").split(";") if x.strip()]
+    for rep in df["pirads_reports"]:
+        s = parse_reports(rep)
         rows += [(s[0], o) for o in s[1:]]
     t = pd.crosstab(pd.Series([a for a, _ in rows], name="first"), pd.Series([b for _, b in rows], name="other"),
                     normalize="index").reindex(index=range(1, 6), columns=range(1, 6), fill_value=0)
@@ -484,11 +487,138 @@ def plot_reader_agreement(df: pd.DataFrame, axes=None, min_cases: int = 10):
     return axes, kap
 
 
+# ------------------------------------------------------------------ anatomy and annotators
+def _centroid(mask2d: np.ndarray) -> tuple[float, float] | None:
+    ys, xs = np.nonzero(mask2d)
+    return (float(xs.mean()), float(ys.mean())) if len(xs) else None
+
+
+def plot_anatomy(case: RawCase, landmarks: dict | None = None, z: int | None = None, ax=None):
+    """One T2W slice with its structures outlined and labelled (the anatomy of bpMRI).
+
+    Labels the peripheral and transition zones (from the zonal mask), the lesion (its ISUP) and,
+    with ``landmarks`` (name -> world point in LPS mm, e.g. from the synthetic phantom's
+    ``landmarks()``), the surrounding structures: rectum, pubic bone, obturator muscles, fat.
+    ``z`` defaults to the slice with most lesion voxels (else mid-gland). Returns the axes; the
+    labels are its text annotations.
+    """
+    import matplotlib.pyplot as plt
+
+    z = case.default_slice() if z is None else int(z)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.2, 6.2))
+    img = case.array("t2w")
+    m = {k: case.mask(k) for k in ("gland", "zones", "lesions")}
+    overlay(ax, img[z] if img is not None else None, **{k: (v[z] if v is not None else None) for k, v in m.items()},
+            title=f"case {case.case_id}, T2W slice {z}: anatomy")
+    box = dict(boxstyle="round,pad=0.2", fc="black", ec="none", alpha=0.6)
+    labels = []   # (text, (x, y) in pixels, colour, offset in points or None = centred)
+    zones = m["zones"][z] if m["zones"] is not None else None
+    if zones is not None:
+        for v, name, off in ((1, "peripheral zone (PZ)", (-70, -45)), (2, "transition zone (TZ)", (-70, 45))):
+            if np.any(zones == v):
+                ys, xs = np.nonzero(zones == v)
+                # the PZ is a crescent: point at its posterior part, not its empty centroid
+                c = (float(np.median(xs)), float(np.percentile(ys, 85) if v == 1 else ys.mean()))
+                labels.append((name, c, ZONE_COLOURS[v], off))
+    les = m["lesions"][z] if m["lesions"] is not None else None
+    if les is not None and les.any():
+        g = int(les.max())
+        labels.append((f"lesion (csPCa, ISUP {g})", _centroid(les > 0), ISUP_COLOURS.get(g, "#ffffff"), (75, -35)))
+    ref = case.reference
+    nx, ny = ref.GetSize()[:2]
+    for name, pt in (landmarks or {}).items():
+        i, j, _ = ref.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in pt))
+        if 0 <= i < nx and 0 <= j < ny:
+            labels.append((name, (i, j), "#ffffff", None))
+    for name, (x, y), colour, off in labels:
+        if off is None:
+            ax.annotate(name, (x, y), ha="center", va="center", fontsize=7.5, color=colour, bbox=box)
+        else:
+            ax.annotate(name, (x, y), xytext=off, textcoords="offset points", ha="center", va="center",
+                        fontsize=7.5, color=colour, bbox=box, arrowprops=dict(arrowstyle="-", color=colour, lw=0.8))
+    if not labels:
+        ax.text(0.5, 0.02, "no zonal mask or landmarks to label", transform=ax.transAxes, ha="center",
+                fontsize=8, color="w")
+    gl = m["gland"][z] if m["gland"] is not None else None
+    if gl is not None and gl.any():   # zoom on the pelvis around the gland (about 60 mm each way)
+        ys, xs = np.nonzero(gl)
+        half = 60.0 / float(ref.GetSpacing()[0])
+        cx, cy = xs.mean(), ys.mean()
+        ax.set_xlim(max(cx - half, 0), min(cx + half, nx - 1))
+        ax.set_ylim(min(cy + half, ny - 1), max(cy - half, 0))
+    return ax
+
+
+def plot_annotators(ann: dict, axes=None):
+    """The simulated annotators' contours on the middle slice of the gland and of the lesion.
+
+    ``ann``: a :func:`prostate_course.data.synthetic.simulate_annotators` result. One colour per
+    annotator, the truth dashed black. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    items = [("gland", ann["gland"], ann["gland_truth"])]
+    if ann.get("lesion") is not None:
+        items.append(("lesion", ann["lesion"], ann["lesion_truth"]))
+    if axes is None:
+        _, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 4.0), squeeze=False)
+        axes = axes[0]
+    colours = plt.get_cmap("tab10").colors
+    for ax, (name, masks, truth) in zip(axes, items):
+        per = truth.reshape(truth.shape[0], -1).sum(1)
+        k = int(np.argmax(per))
+        ax.imshow(np.zeros(truth.shape[1:]), cmap="gray", vmin=0, vmax=1)
+        for a, mk in enumerate(masks):
+            if mk[k].any():
+                ax.contour(mk[k], levels=[0.5], colors=[colours[a % 10]], linewidths=1.0)
+        ax.contour(truth[k], levels=[0.5], colors=["w"], linewidths=1.2, linestyles="--")
+        ax.set_title(f"{name}: {len(masks)} annotators (truth dashed)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return axes
+
+
+def plot_annotation_agreement(d: pd.DataFrame, ax=None, published: dict | None = None):
+    """Pairwise Dice between annotators, gland (whole, apex, mid, base) and lesion: one dot per
+    annotator pair and case, the mean as a bar, published figures as black marks.
+
+    ``d``: :func:`prostate_course.data.synthetic.annotation_agreement`. ``published`` maps a
+    column label to (value, source), e.g. {"gland whole": (0.92, "Montagne 2021")}.
+    """
+    import matplotlib.pyplot as plt
+
+    order = [("gland", "whole"), ("gland", "apex"), ("gland", "mid"), ("gland", "base"), ("lesion", "whole")]
+    order = [o for o in order if ((d.structure == o[0]) & (d.region == o[1])).any()]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.6))
+    rng = np.random.default_rng(0)
+    for i, (st, rg) in enumerate(order):
+        v = d.loc[(d.structure == st) & (d.region == rg), "dice"].dropna().to_numpy()
+        colour = GLAND_COLOUR if st == "gland" else ISUP_COLOURS[4]
+        ax.bar(i, v.mean(), color=colour, alpha=0.35, width=0.6)
+        ax.scatter(i + rng.uniform(-0.22, 0.22, len(v)), v, s=6, color=colour, alpha=0.6)
+        ax.text(i, 0.02, f"{v.mean():.2f}", ha="center", fontsize=8)
+    labels = [f"{st} {rg}" if rg != "whole" or st == "gland" else st for st, rg in order]
+    for label, (value, source) in (published or {}).items():
+        if label in labels:
+            i = labels.index(label)
+            ax.plot([i - 0.3, i + 0.3], [value, value], color="k", lw=2)
+            ax.text(i + 0.32, value, source, fontsize=7, va="center")
+    ax.set_xticks(range(len(order)), labels, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("pairwise Dice")
+    ax.set_title("agreement between simulated annotators (black: published)", fontsize=10)
+    return ax
+
+
 def annotation_costs(n_cases: int, *, rate_per_hour: float = 150.0, minutes: dict | None = None) -> pd.DataFrame:
     """What labelling ``n_cases`` costs in reader time, per annotation type.
 
-    Minutes per case (course figures): case label (classification) < 2, bounding box 5-10,
-    voxel contour up to 30. ``rate_per_hour`` is an assumed fully loaded radiologist hour.
+    The minutes per case are the course's ASSUMPTIONS, not measurements from a paper: case label
+    (csPCa yes/no, PI-RADS) 1-2, bounding box 5-10, voxel contour 15-30 per lesion. Published
+    timings vary widely with the tool and the task; measure your own. ``rate_per_hour`` is an
+    assumed fully loaded radiologist hour. Pass ``minutes`` to change either.
     """
     if n_cases < 0:
         raise ValueError(f"n_cases must be >= 0, got {n_cases}")

@@ -1,11 +1,14 @@
-"""Every check of notebook 04 fails on a plausible wrong answer and passes on the right one."""
-import math
+"""Checks of notebook 04: the right answer passes, plausible wrong ones fail.
 
+The cases follow tests/test_exercises.py (which runs every case in CASES there, these included):
+``case(**fixtures) -> (check, data, stub_args, is_reference)``.
+"""
 import numpy as np
 import pandas as pd
 import pytest
 
-from prostate_course.exercises import nb04
+from prostate_course.data.readers import pirads_consensus
+from prostate_course.exercises import UNANSWERED, WrongAnswer, nb04
 
 
 def good_confidence(reports):
@@ -37,23 +40,38 @@ def single_report_fully_trusted(reports):
     return (m, 1.0) if c == 0.1 else (m, c)
 
 
-def test_confidence():
+def share_instead_of_confidence(reports):
+    m, c = good_confidence(reports)
+    return (m, (c / 2 + 0.5) if m is not None and c != 0.1 else c)    # p_maj, not 2 (p_maj - 1/2)
+
+
+def case_confidence(**_):
     assert nb04.check_confidence(good_confidence) is good_confidence
-    for bad in (three_counts_as_positive, single_report_fully_trusted):
-        with pytest.raises(AssertionError, match="Exercise 1"):
+    for bad in (three_counts_as_positive, single_report_fully_trusted, share_instead_of_confidence):
+        with pytest.raises(WrongAnswer, match="Exercise 1"):
             nb04.check_confidence(bad)
-    with pytest.raises(AssertionError, match="raised"):
+    with pytest.raises(WrongAnswer, match="raised ZeroDivisionError"):
         nb04.check_confidence(lambda r: 1 / 0)
+    with pytest.raises(WrongAnswer, match="return"):
+        nb04.check_confidence(lambda r: 0.5)
+    return nb04.check_confidence, (), [UNANSWERED], \
+        lambda ref: ref("4;4;2") == pirads_consensus("4;4;2")
 
 
-def test_row_normalise():
-    W = np.array([[0.0, 1.0, 0.6], [1.0, 0.0, 0.1], [0.6, 0.1, 0.0]])
+W = np.array([[0.0, 1.0, 0.6], [1.0, 0.0, 0.1], [0.6, 0.1, 0.0]])
+
+
+def case_row_normalise(**_):
     good = lambda w: w / w.sum(axis=1, keepdims=True)
     assert nb04.check_row_normalise(good, W) is good
-    with pytest.raises(AssertionError, match="columns sum to 1"):
+    with pytest.raises(WrongAnswer, match="columns sum to 1"):
         nb04.check_row_normalise(lambda w: w / w.sum(axis=1), W)    # the reference code's bug
-    with pytest.raises(AssertionError, match="Exercise 2"):
+    with pytest.raises(WrongAnswer, match="Exercise 2"):
         nb04.check_row_normalise(lambda w: w / w.sum(), W)
+    with pytest.raises(WrongAnswer, match="shape"):
+        nb04.check_row_normalise(lambda w: w.sum(1), W)
+    return nb04.check_row_normalise, (W,), [UNANSWERED], \
+        lambda ref: np.allclose(ref(W).sum(1), 1)
 
 
 def _tables():
@@ -64,15 +82,23 @@ def _tables():
     return base, noisy          # agreement 4/5 = 0.8 -> 3/5 = 0.6 (test exam left out)
 
 
-def test_noise_experiment():
+def case_noise_experiment(**_):
     base, noisy = _tables()
     assert nb04.majority_agreement(base) == pytest.approx(0.8)
     out = nb04.check_noise_experiment("higher", 0.6, "lower", base, noisy)   # a wrong guess is fine
     assert out == ("higher", 0.6, "lower")
-    with pytest.raises(AssertionError, match="gives 0.600"):
-        nb04.check_noise_experiment("lower", 4 / 6, "lower", base, noisy)    # test exam counted
-    with pytest.raises(AssertionError, match="that is 'lower'"):
-        nb04.check_noise_experiment("lower", 0.6, "about the same", base, noisy)
-    with pytest.raises(AssertionError, match="percentage"):
-        nb04.check_noise_experiment("lower", 60, "lower", base, noisy)
-    assert math.isclose(nb04.majority_agreement(noisy), 0.6)
+    for args, hint in (((("lower", 4 / 6, "lower")), "gives 0.600"),            # test exam counted
+                       ((("lower", 0.6, "about the same")), "that is 'lower'"),
+                       ((("lower", 60, "lower")), "percentage"),
+                       ((("less", 0.6, "lower")), "must be one of")):
+        with pytest.raises(WrongAnswer, match=hint):
+            nb04.check_noise_experiment(*args, base, noisy)
+    return nb04.check_noise_experiment, (base, noisy), [UNANSWERED, UNANSWERED, UNANSWERED], \
+        lambda ref: ref == ("lower", pytest.approx(0.6), "lower")
+
+
+CASES = {
+    nb04.check_confidence: case_confidence,
+    nb04.check_row_normalise: case_row_normalise,
+    nb04.check_noise_experiment: case_noise_experiment,
+}

@@ -203,3 +203,34 @@ def test_weight_matrix_and_noise_plots():
     assert caps                                              # error bar caps drawn
     x2, y2 = ax.figure.axes[-1].lines[0].get_data()
     np.testing.assert_allclose(y2, [0.9, 0.6])
+
+
+def test_reuse_or_run_takes_scores_made_under_the_same_protocol(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROSTATE_COURSE_RUNS", str(tmp_path / "runs"))
+    from prostate_course.results import Results
+
+    tr, te, t = cohort()
+    proto = protocol.Protocol(table=t, dataset_key="k", fractions=[0.5, 1.0], seeds=[0], fit_kwargs={},
+                              device="cpu")
+    refs = [("scratch", "01_transfer_learning", protocol.random_init, None),
+            ("dcl", "03_contrastive", protocol.random_init, "no checkpoint: stand-in")]
+    reused, arms, notes = mp.reuse_or_run(proto, "unit", te, refs, fractions=[0.5])
+    assert reused == [] and [a.method for a in arms] == ["scratch", "dcl"]
+    assert arms[1].stand_in == "no checkpoint: stand-in" and "no results of 01" in notes[0]
+    res = Results("01_transfer_learning", "unit", seeds=[0])
+    res.set_protocol(proto.settings(te))
+    sc = pd.concat([protocol.score_rows(te.case_ids, te.patient_ids, te.case_label.numpy(), np.arange(8.0),
+                                        task="classification", method="scratch", protocol=p,
+                                        label_fraction=f, seed=0)
+                    for p in ("finetune", "linear_probe") for f in (0.5, 1.0)])
+    for p in ("finetune", "linear_probe"):
+        for f in (0.5, 1.0):
+            res.add_row(task="classification", method="scratch", protocol=p, label_fraction=f, seed=0)
+    res.add_scores(sc)
+    res.save()
+    reused, arms, notes = mp.reuse_or_run(proto, "unit", te, refs, fractions=[0.5])
+    assert [a.method for a in arms] == ["dcl"] and len(reused) == 1
+    assert set(reused[0].protocol) == {"finetune"} and set(reused[0].label_fraction) == {0.5}
+    other = protocol.Protocol(table=t, dataset_key="other", fractions=[0.5, 1.0], seeds=[0], fit_kwargs={})
+    _, arms, notes = mp.reuse_or_run(other, "unit", te, refs[:1], fractions=[0.5])
+    assert [a.method for a in arms] == ["scratch"] and "other protocol settings" in notes[0]

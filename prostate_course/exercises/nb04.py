@@ -7,7 +7,9 @@
 3. :func:`check_noise_experiment`: resample the reports at a higher reader noise, predict and
    measure how often the majority label agrees with histopathology (experiment).
 
-A check prints ``correct: ...`` and returns the answer, or raises an AssertionError with a hint.
+A check prints ``correct: ...`` and returns the answer, raises :class:`WrongAnswer` (an
+AssertionError) with a hint, or reports an UNANSWERED stub and returns the reference answer
+(the convention of :mod:`prostate_course.exercises`).
 """
 from __future__ import annotations
 
@@ -15,31 +17,7 @@ import math
 
 import numpy as np
 
-try:  # the shared helpers of the exercises package (UNANSWERED stubs of the student edition)
-    from . import UNANSWERED, call_answer, correct, is_unanswered, unanswered, wrong
-except ImportError:  # pragma: no cover - an exercises package without them
-    UNANSWERED = object()
-
-    def is_unanswered(answer) -> bool:
-        return answer is UNANSWERED
-
-    def unanswered(exercise, reference):
-        print(f"unanswered: {exercise}; the notebook goes on with the reference answer")
-        return reference
-
-    def correct(exercise, message=""):
-        print(f"correct: {exercise}" + (f". {message}" if message else ""))
-
-    def wrong(exercise, message):
-        return AssertionError(f"{exercise}: not yet right. {message}")
-
-    def call_answer(exercise, fn, *args, **kwargs):
-        if not callable(fn):
-            raise wrong(exercise, f"expected a function, got {type(fn).__name__}")
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            raise wrong(exercise, f"your function raised {type(e).__name__}: {e}") from e
+from . import UNANSWERED, call_answer, correct, is_unanswered, unanswered, wrong
 
 EX1 = "Exercise 1 (PI-RADS confidence)"
 EX2 = "Exercise 2 (row normalisation)"
@@ -164,4 +142,4 @@ def check_noise_experiment(prediction, agreement_noisy, observed, table, noisy_t
 
 
 __all__ = ["check_confidence", "check_row_normalise", "check_noise_experiment", "majority_agreement",
-           "CONFIDENCE_CASES", "EFFECTS"]
+           "CONFIDENCE_CASES", "EFFECTS", "UNANSWERED"]

@@ -27,12 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.readers import SINGLE_REPORT_CONF, add_pirads_consensus
-
-try:   # one parser of the pirads_reports column (public name in newer versions of the data code)
-    from ..data.readers import parse_reports
-except ImportError:  # pragma: no cover - older data code
-    from ..data.readers import _parse_reports as parse_reports
+from ..data.readers import SINGLE_REPORT_CONF, add_pirads_consensus, parse_reports
 
 #: continuous metadata used by y-Aware, and those standardised on a log scale
 CONTINUOUS = ("patient_age", "psa", "psad")

@@ -154,6 +154,39 @@ def exam_embedding(encoder: nn.Module, slices, device=None):
     return (out / counts[:, None]).astype(np.float32)
 
 
+def reuse_or_run(proto, profile: str, test, references, fractions) -> tuple[list, list, list]:
+    """Fine-tuned reference arms: another notebook's per-case scores of ``method`` when they were
+    made under exactly this protocol (:meth:`prostate_course.protocol.Protocol.reuse_scores`),
+    else an arm to run here. ``references``: ``(method, notebook, init, stand_in)`` tuples (a
+    stand-in is never matched with another notebook's scores). Returns ``(scores, arms,
+    notes)``: the reused score tables (fine-tuning rows at ``fractions``), the arms still to
+    run, one sentence per reference."""
+    from ..protocol import Arm
+
+    reused, arms, notes = [], [], []
+    for method, notebook, init, stand_in in references:
+        sc, why = (None, stand_in) if stand_in else proto.reuse_scores(profile, test, method, notebook=notebook)
+        if sc is not None:
+            sc = sc[(sc["protocol"] == "finetune")
+                    & np.isclose(sc["label_fraction"].astype(float).to_numpy()[:, None], list(fractions)).any(1)]
+        if sc is not None and len(sc):
+            reused.append(sc)
+            notes.append(f"{method} fine-tuned: {why}")
+        else:
+            arms.append(Arm(method, init, stand_in=stand_in))
+            notes.append(f"{method} fine-tuned here ({why if sc is None else 'no fine-tuning scores at these budgets'})")
+    return reused, arms, notes
+
+
+def noise_result_rows(results, noise_table: pd.DataFrame) -> None:
+    """Record the reader-noise experiment's paired deltas as ``summary`` rows of ``results``
+    (method "A - B", one row per noise level)."""
+    for r in noise_table.itertuples():
+        results.add_row(task="summary", method=f"{r.method} - {r.reference}", protocol=r.protocol,
+                        label_fraction=r.label_fraction, seed=None, reader_noise=r.reader_noise,
+                        delta=r.delta, delta_lo=r.delta_lo, delta_hi=r.delta_hi, n_seeds=r.n_seeds)
+
+
 # -------------------------------------------------------------------- reader-noise experiment
 @dataclass
 class NoiseExperiment:
@@ -235,5 +268,5 @@ def _run_level(proto, train_slices, test_slices, t, noise, methods, pretrain_see
 
 __all__ = ["NOTEBOOK", "METHODS", "PIRADS_KEYS", "make_metadata_loss", "pretraining_data",
            "pretrain_metadata", "quick_pretrain", "encoder_or_stand_in", "reference_encoder",
-           "exam_embedding", "NoiseExperiment",
+           "exam_embedding", "reuse_or_run", "noise_result_rows", "NoiseExperiment",
            "reader_noise_experiment"]

@@ -79,6 +79,7 @@ def from_checkpoint(path, expect: dict | None = None) -> Callable[[int], nn.Modu
         return enc
 
     init.checkpoint = str(path)
+    init.seed_independent = "{seed}" not in str(path)   # one file for every seed
     return init
 
 
@@ -280,9 +281,13 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
             extra = {"best_epoch": res.best_epoch, "epochs_run": len(res.history), "steps": res.steps}
             del model
         else:
-            key = (arm.method, seed)
-            if key not in feats:                  # one encoder's features serve every budget
-                feats.clear()
+            # one encoder's features serve every budget; a seed-independent encoder's (e.g. one
+            # checkpoint for every seed) every seed too, so they are kept across seeds
+            fixed = bool(getattr(arm.init, "seed_independent", False))
+            key = (arm.method, None if fixed else seed)
+            if key not in feats:
+                for k in [k for k in feats if k[1] is not None]:
+                    del feats[k]
                 enc = arm.init(seed)
                 feats[key] = {"train": extract_features(enc, train.images, device=device),
                               "test": extract_features(enc, test.images, device=device)}

@@ -113,8 +113,10 @@ class Results:
         self.protocol = dict(settings)
 
     def stand_in(self, artifact: str, reason: str) -> None:
-        """Record that a missing input artifact was replaced by a quick stand-in."""
-        self._stand_ins.append({"artifact": artifact, "reason": reason})
+        """Record that a missing input artifact was replaced by a quick stand-in (once)."""
+        entry = {"artifact": artifact, "reason": reason}
+        if entry not in self._stand_ins:
+            self._stand_ins.append(entry)
 
     def to_dict(self) -> dict:
         from .repro import package_versions

@@ -280,9 +280,10 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
             extra = {"best_epoch": res.best_epoch, "epochs_run": len(res.history), "steps": res.steps}
             del model
         else:
-            key = (arm.method, seed)
+            key = (arm.method, _shared_checkpoint(arm.init) or seed)
             if key not in feats:                  # one encoder's features serve every budget
-                feats.clear()
+                for k in [k for k in feats if not isinstance(k[1], str)]:
+                    del feats[k]                  # per-seed encoders: one at a time in memory
                 enc = arm.init(seed)
                 feats[key] = {"train": extract_features(enc, train.images, device=device),
                               "test": extract_features(enc, test.images, device=device)}
@@ -319,6 +320,14 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
         results.add_scores(sc)
     return LabelEfficiency(rows=pd.DataFrame(rows), scores=sc, budgets=budgets,
                            histories=histories, snapshots=snapshots, unavailable=unavailable)
+
+
+def _shared_checkpoint(init) -> str | None:
+    """The checkpoint path of a :func:`from_checkpoint` factory that loads the same file for
+    every seed (no ``{seed}`` in it): its frozen features are computed once and serve every
+    seed's probes (one pretraining per method serving every fine-tuning seed)."""
+    path = getattr(init, "checkpoint", None)
+    return str(path) if path is not None and "{seed}" not in str(path) else None
 
 
 def _rows_of(full, case_ids) -> np.ndarray:

@@ -19,6 +19,12 @@ def errors(restored, fill=(1.0, 1.0, 1.0)):
     return pd.DataFrame({"ratio": [0.9, 0.1, 0.5], "restored_mse": restored, "fill_mse": fill})
 
 
+def test_prediction():
+    assert nb02.check_prediction("down") == "down"
+    with pytest.raises(AssertionError, match="predict one of"):
+        nb02.check_prediction("higher")
+
+
 def test_masking_experiment():
     e = errors([0.8, 0.3, 0.5])                                       # rises with the ratio
     right = {"trend": "up", "beats_fill": True}

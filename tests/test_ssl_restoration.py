@@ -148,3 +148,36 @@ def test_restoration_report_regions():
     np.testing.assert_allclose(rep["copy_mse"], 1.0)
     assert rep.loc[1, "pixels"] < rep.loc[0, "pixels"]
     assert isinstance(rep, pd.DataFrame)
+
+
+def test_one_shared_checkpoint_is_featurised_once_for_every_seed(tmp_path):
+    """protocol: a checkpoint that serves every seed is loaded once for the probes of all seeds;
+    a per-seed path ({seed}) is loaded once per seed. The scores are those of that encoder."""
+    tr = blob_slices(n_cases=24, n_slices=4, seed=0, prefix="t")
+    te = blob_slices(n_cases=8, n_slices=4, seed=2, prefix="e")
+    table = table_of((tr, "train"), (te, "test"))
+    for s in (0, 1):
+        torch.manual_seed(s)
+        models.save_checkpoint(models.resnet18_encoder(), tmp_path / f"seed{s}.pt", {"what": "x"})
+    loads = {}
+
+    def counted(path):
+        inner = protocol.from_checkpoint(path)
+
+        def init(seed):
+            loads[str(path)] = loads.get(str(path), 0) + 1
+            return inner(seed)
+
+        init.checkpoint = inner.checkpoint
+        return init
+
+    shared, per_seed = tmp_path / "seed0.pt", tmp_path / "seed{seed}.pt"
+    arms = [protocol.Arm("a", counted(shared), protocol=p) for p in ("linear_probe", "knn")]
+    arms += [protocol.Arm("b", counted(per_seed), protocol="linear_probe")]
+    le = protocol.run_label_efficiency(arms, tr, te, table=table, fractions=[0.5, 1.0], seeds=[0, 1],
+                                       fit_kwargs=dict(epochs=1, batch_size=8), n_boot=10, device="cpu",
+                                       min_val_positives=99, knn_ks=(3,), progress=False)
+    assert loads == {str(shared): 1, str(per_seed): 2}
+    sc = le.scores.set_index(["method", "protocol", "label_fraction", "seed", "case_id"])["score"].sort_index()
+    a, b = sc.loc[("a", "linear_probe", 1.0, 0)], sc.loc[("b", "linear_probe", 1.0, 0)]
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-6)   # same file at seed 0

@@ -2,9 +2,9 @@
 
 1. :func:`check_identity_curve`: control points for which the Bezier intensity transform is
    the identity (formula).
-2. :func:`check_masking_experiment`: hide more or fewer patches, predict, measure the
-   pretrained masked autoencoder's error on the hidden pixels, compare (experiment; the
-   conclusion is tested against the numbers the notebook computed).
+2. :func:`check_prediction`, then :func:`check_masking_experiment`: hide more or fewer
+   patches, predict, measure the pretrained masked autoencoder's error on the hidden pixels,
+   compare (experiment; the conclusion is tested against the numbers the notebook computed).
 
 A check prints ``correct: ...`` and returns the answer, or raises an AssertionError (the
 package's ``WrongAnswer`` where it exists) that says what is wrong; an unanswered exercise
@@ -79,6 +79,18 @@ def trend_of(first: float, last: float, within: float = SAME_WITHIN) -> str:
     return "up" if rel > within else "down" if rel < -within else "about the same"
 
 
+def check_prediction(prediction):
+    """Exercise 2, step 1: the predicted trend, one of :data:`TRENDS` (recorded, not graded:
+    the experiment grades the conclusion). Returns it (None when unanswered)."""
+    if _unanswered(prediction):
+        print(f"unanswered: {EX2}, the prediction. Write your guess before running the experiment.")
+        return None
+    if prediction not in TRENDS:
+        raise _wrong(EX2, f"predict one of {TRENDS}, got {prediction!r}")
+    print(f"prediction recorded: the error goes {prediction!r}. Now run the experiment.")
+    return prediction
+
+
 def check_masking_experiment(conclusion, errors, prediction=None):
     """``conclusion``: {"trend": "up" | "down" | "about the same" (the error on the hidden
     pixels from the smallest to the largest ratio), "beats_fill": bool (below the fill-with-0
@@ -109,4 +121,4 @@ def check_masking_experiment(conclusion, errors, prediction=None):
     return conclusion
 
 
-__all__ = ["check_identity_curve", "check_masking_experiment", "trend_of", "TRENDS", "SAME_WITHIN"]
+__all__ = ["check_identity_curve", "check_prediction", "check_masking_experiment", "trend_of", "TRENDS", "SAME_WITHIN"]

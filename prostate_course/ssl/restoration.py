@@ -178,7 +178,8 @@ def watch_indices(n: int, k: int) -> np.ndarray:
 @dataclass
 class Pretraining:
     """What :func:`run_pretraining` returns: the trained U-Net (``encoder`` is its ResNet-18),
-    the engine's :class:`~prostate_course.train.FitResult`, the watch :class:`Panel` and its
+    the engine's :class:`~prostate_course.train.FitResult` (without ``best_state``: the last
+    weights are the model's), the watch :class:`Panel` and its
     restorations ``snapshots`` [(epoch, (k, C, H, W) float16)], epoch 0 = before training."""
 
     method: str
@@ -243,6 +244,7 @@ def run_pretraining(method: str, slices, *, epochs: int = 2, steps_per_epoch: in
               steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
               warmup_steps=warmup_steps, seed=seed, device=device, restore_best=False,
               val_every=val_every, progress=progress, desc=desc or f"pretrain {method}")
+    res.best_state = {}                   # the last weights are the model's; no second copy in memory
     if panel is not None:
         h = res.history
         epochs_seen = [0] + [int(e) for e in h.loc[h["val_loss"].notna(), "epoch"]]

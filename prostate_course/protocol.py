@@ -283,7 +283,7 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
         else:
             # one encoder's features serve every budget; a seed-independent encoder's (e.g. one
             # checkpoint for every seed) every seed too, so they are kept across seeds
-            fixed = bool(getattr(arm.init, "seed_independent", False))
+            fixed = bool(getattr(arm.init, "seed_independent", False)) or _shared_checkpoint(arm.init) is not None
             key = (arm.method, None if fixed else seed)
             if key not in feats:
                 for k in [k for k in feats if k[1] is not None]:
@@ -324,6 +324,14 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
         results.add_scores(sc)
     return LabelEfficiency(rows=pd.DataFrame(rows), scores=sc, budgets=budgets,
                            histories=histories, snapshots=snapshots, unavailable=unavailable)
+
+
+def _shared_checkpoint(init) -> str | None:
+    """The checkpoint path of a :func:`from_checkpoint` factory that loads the same file for
+    every seed (no ``{seed}`` in it): its frozen features are computed once and serve every
+    seed's probes (one pretraining per method serving every fine-tuning seed)."""
+    path = getattr(init, "checkpoint", None)
+    return str(path) if path is not None and "{seed}" not in str(path) else None
 
 
 def _rows_of(full, case_ids) -> np.ndarray:

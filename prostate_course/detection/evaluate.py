@@ -70,6 +70,12 @@ class DetectionEvaluation:
     labels: np.ndarray
     scores: np.ndarray
     lesions: pd.DataFrame = field(repr=False)
+    maps: list | None = field(default=None, repr=False)   #: the detection maps (when kept)
+
+    def drop_maps(self) -> "DetectionEvaluation":
+        """Forget the detection maps (they are as large as the test volumes)."""
+        self.maps = None
+        return self
 
     def summary(self) -> dict:
         """One tidy row: auroc, ap, score, sens_at_0.5fp, sens_at_1fp and the counts."""
@@ -78,7 +84,7 @@ class DetectionEvaluation:
             warnings.simplefilter("ignore")
             auroc = float(m.auroc) if 0 < self.labels.sum() < len(self.labels) else float("nan")
             n_les = int(m.num_lesions)
-            ap = float(m.AP) if n_les else float("nan")
+            ap = float(m.AP) + 0.0 if n_les else float("nan")     # + 0.0: no "-0.0"
             sens = {f"sens_at_{fp:g}fp": float(m.lesion_TPR_at_FPR(fp)) if n_les else float("nan")
                     for fp in (0.5, 1.0)}
         return {"auroc": auroc, "ap": ap, "score": (auroc + ap) / 2, **sens,
@@ -88,6 +94,26 @@ class DetectionEvaluation:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([self.summary()])
+
+    def intervals(self, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+        """Percentile bootstrap intervals of AUROC and AP resampling patients (Efron &
+        Tibshirani 1993): ``{auroc_lo, auroc_hi, ap_lo, ap_hi}``."""
+        from ..evaluate import cluster_weights
+
+        pos = pd.Series(np.arange(len(self.case_ids)), index=self.case_ids)
+        les = (pos.loc[self.lesions["case_id"]].to_numpy(), self.lesions["is_lesion"].to_numpy(),
+               self.lesions["confidence"].to_numpy())
+        auc, ap = [], []
+        for w in cluster_weights(np.asarray(self.patient_ids), n_boot, seed):
+            auc.append(weighted_auroc(self.labels, self.scores, w))
+            ap.append(weighted_ap(*les, w))
+        out = {}
+        for name, reps in (("auroc", auc), ("ap", ap)):
+            r = np.concatenate(reps) if reps else np.zeros(0)
+            r = r[np.isfinite(r)]
+            lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2]) if len(r) else (np.nan, np.nan)
+            out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+        return out
 
     def case_table(self) -> pd.DataFrame:
         """Per case: label, score, number of reference lesions, hits and false positives."""
@@ -157,7 +183,8 @@ def evaluate_detection(y_det: Sequence, y_true: Sequence, case_ids: Sequence | N
     lesions = pd.DataFrame(rows, columns=["case_id", "lesion", "is_lesion", "confidence", "overlap"])
     return DetectionEvaluation(metrics=m, case_ids=ids, patient_ids=pids,
                                labels=np.array([int(m.case_target[c]) for c in ids]),
-                               scores=np.array([float(m.case_pred[c]) for c in ids]), lesions=lesions)
+                               scores=np.array([float(m.case_pred[c]) for c in ids]), lesions=lesions,
+                               maps=dets)
 
 
 # ------------------------------------------------------------- weighted metrics (bootstrap)

@@ -30,6 +30,10 @@ METHODS = ("scratch", "imagenet") + tuple(PRETRAINED)
 
 #: method -> factory(seed) -> a pretrained ResNet-18 encoder (quick stand-ins; see register_stand_in)
 STAND_INS: dict[str, Callable] = {}
+#: quick pretrainings that notebooks 02-04's packages offer, "module:function"; the function is
+#: called as ``fn(unlabelled_slices, seed=seed, profile=profile)`` and returns an encoder
+#: (e.g. {"dcl": "prostate_course.ssl.contrastive:pretrain"}); entries that do not import are skipped
+STAND_IN_FUNCTIONS: dict[str, str] = {}
 
 
 def register_stand_in(method: str, factory: Callable) -> None:
@@ -39,6 +43,22 @@ def register_stand_in(method: str, factory: Callable) -> None:
     if method not in PRETRAINED:
         raise ValueError(f"stand-ins replace the checkpoints of {sorted(PRETRAINED)}, not {method!r}")
     STAND_INS[method] = factory
+
+
+def stand_in_factories(unlabelled, profile, functions: dict | None = None) -> dict:
+    """{method: factory(seed)} for the entries of :data:`STAND_IN_FUNCTIONS` (or ``functions``)
+    that import; each pretrains on ``unlabelled`` (the training split without labels)."""
+    import importlib
+
+    out = {}
+    for method, target in (STAND_IN_FUNCTIONS if functions is None else functions).items():
+        module, _, name = target.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        out[method] = (lambda f: lambda seed: f(unlabelled, seed=seed, profile=profile))(fn)
+    return out
 
 
 def _checkpoint_init(paths: dict) -> Callable:
@@ -96,4 +116,5 @@ def encoder_arms(profile: str, dataset, seeds, methods=METHODS, *, imagenet_weig
     return arms, pd.DataFrame(notes)
 
 
-__all__ = ["PRETRAINED", "METHODS", "STAND_INS", "register_stand_in", "encoder_arms"]
+__all__ = ["PRETRAINED", "METHODS", "STAND_INS", "STAND_IN_FUNCTIONS", "register_stand_in",
+           "stand_in_factories", "encoder_arms"]

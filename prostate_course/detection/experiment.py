@@ -88,6 +88,21 @@ class DetectionProtocol:
     def seeds_at(self, fraction: float) -> list:
         return seeds_for(fraction, self.seeds)
 
+    @property
+    def all_seeds(self) -> list:
+        return sorted({s for f in self.fractions for s in self.seeds_at(f)})
+
+    def plan_table(self, arms: Sequence[Arm]) -> pd.DataFrame:
+        """Arms x budgets: how many seeds each declared cell trains, or why an arm cannot run."""
+        plan = self.plan([a.method for a in arms])
+        rows = {}
+        for a in arms:
+            fr = plan.get(a.method, [])
+            rows[a.method] = {f"{f:.0%}": ("" if f not in fr else "unavailable" if a.unavailable
+                                           else f"{len(self.seeds_at(f))} seed(s)" + (" (stand-in)" if a.stand_in else ""))
+                              for f in self.fractions}
+        return pd.DataFrame(rows).T
+
     def plan(self, methods) -> dict:
         return arm_plan(self.plan_spec, methods, self.fractions)
 

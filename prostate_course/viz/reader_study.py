@@ -69,6 +69,11 @@ class ReaderStudy:
         if missing:
             raise KeyError(f"study cases not in the slice set: {missing[:3]}")
 
+    def __repr__(self) -> str:
+        given = sum(c in self.scores for c in self.case_ids)
+        return (f"ReaderStudy: {len(self.case_ids)} cases ({int(self.labels.sum())} with csPCa), "
+                f"{given} scored by {self.source or 'nobody yet'}")
+
     # ------------------------------------------------------------------ scores
     def recorded_scores(self) -> dict:
         """The recorded reader: each case's routine (first) simulated report."""

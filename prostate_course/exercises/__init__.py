@@ -1,0 +1,1 @@
+"""Exercise checks for the notebooks: one module per notebook, one function per exercise."""

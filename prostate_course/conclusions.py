@@ -222,9 +222,8 @@ def limits(run: CourseRun, deltas: pd.DataFrame, profile=None) -> list[str]:
                    "test-set uncertainty of the seed mean, not the spread of a new training run.")
     un = run.unavailable
     if len(un):
-        names = sorted(set(un.method))
-        out.append(f"Not run: {', '.join(names)} (" + "; ".join(dict.fromkeys(
-            r.reason.split('. ')[0][:90] for r in un.itertuples())) + ").")
+        why = {r.method: r.reason.split(":")[0].split(". ")[0].rstrip(".") for r in un.itertuples()}
+        out.append("Not run: " + "; ".join(f"{m} ({w})" for m, w in sorted(why.items())) + ".")
     if len(run.stand_ins):
         out.append(f"Stand-ins: {', '.join(sorted(set(run.stand_ins.artifact)))} replaced missing "
                    "checkpoints with quick pretrainings.")

@@ -58,6 +58,13 @@ def test_all_deltas_borrow_the_reference_from_a_notebook_with_the_same_protocol(
     lines = cc.conclusions(t, run, [0.05, 1.0])
     assert "Secondary comparisons: 1" in lines[1]
     assert any("Not in this run" in s for s in lines)
+    fig = cc.plot_course_deltas(t)
+    ax = fig.axes[0]
+    assert ax.get_title() == "classification: auroc"
+    assert any(a.get_text() == "primary" for a in ax.texts)
+    (xs, ys), = [line.get_xydata().T for line in ax.lines if len(line.get_xydata()) == 1 and
+                 line.get_markerfacecolor() not in ("white", "w")][:1]
+    assert ys[0] == pytest.approx(prim.delta.iloc[0])          # the resolved delta, drawn solid
 
 
 def test_the_primary_endpoint_says_when_it_is_missing(tmp_path):

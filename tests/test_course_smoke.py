@@ -82,3 +82,19 @@ def test_primer_runs_on_the_real_picai_labels(tmp_path):
     text = "\n".join(o.get("text", "") for c in nbformat.read(str(out), as_version=4).cells
                      if c.cell_type == "code" for o in c.get("outputs", []))
     assert "cases: 1500" in text  # the real marksheet, not the synthetic one
+
+
+def test_the_smoke_run_publishes_as_a_readable_reference(smoke_course, tmp_path):
+    """`prostate-course publish` on the finished smoke run: report with commit and date, the
+    figures it shows, HTML of every executed notebook."""
+    root, _ = smoke_course
+    out = tmp_path / "published"
+    proc = subprocess.run([sys.executable, "-m", "prostate_course.cli", "publish", "--profile", "smoke",
+                           "--out", str(out)], env=_env(root), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for nb in NOTEBOOKS:
+        assert (out / "notebooks" / f"{nb.stem}.html").stat().st_size > 10_000, nb.stem
+    report = (out / "report.md").read_text()
+    assert report.startswith("> Reference run of profile `smoke`, commit `")
+    for link in [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]:
+        assert (out / link).is_file(), link

@@ -57,6 +57,20 @@ def merge_demo(gap_mm: float, radius_mm: float = 4.0, fine=(3.0, 0.5, 0.5), coar
     return out
 
 
+def merging_example(gap_mm: float = 0.5, axis: str = "x", fine=(3.0, 0.5, 0.5), coarse=(3.0, 1.0, 1.0),
+                    radius_mm: float = 4.0, steps: int = 8) -> dict | None:
+    """The first position (on a regular sub-voxel grid of offsets) at which the pair of
+    :func:`merge_demo` is two lesions on ``fine`` and ONE on ``coarse``; None if there is none."""
+    for fz in np.linspace(-0.5, 0.5, steps, endpoint=False):
+        for fx in np.linspace(-0.5, 0.5, steps, endpoint=False):
+            off = np.array([fz, 0.0, fx]) * np.asarray(coarse)
+            d = merge_demo(gap_mm, radius_mm, fine=fine, coarse=coarse, offset=off, axis=axis)
+            if d["n_fine"] == 2 and d["n_coarse"] == 1:
+                d["offset"] = tuple(off)
+                return d
+    return None
+
+
 def merge_rate(gap_mm: float, spacing=(3.0, 1.0, 1.0), axis: str = "x", radius_mm: float = 4.0,
                n: int = 40, seed: int = 0) -> float:
     """The share of random positions (uniform sub-voxel offsets) at which two balls ``gap_mm``
@@ -114,4 +128,4 @@ def _source_count(labels_root, case_id) -> float:
     return float(count_lesions(sitk.GetArrayFromImage(readers.read_mask(path))))
 
 
-__all__ = ["STRUCTURE", "count_lesions", "merge_demo", "merge_rate", "lesion_counts"]
+__all__ = ["STRUCTURE", "count_lesions", "merge_demo", "merging_example", "merge_rate", "lesion_counts"]

@@ -92,7 +92,10 @@ def plot_overlays(examples: pd.DataFrame, slices, reference, maps, *, channels=(
     else:
         axes = np.atleast_2d(axes)
         fig = axes[0, 0].figure
-    for row, ex in zip(axes, examples.itertuples()):
+    from matplotlib.colors import ListedColormap
+
+    fill = ListedColormap([PREDICTION_COLOUR])
+    for r, (row, ex) in enumerate(zip(axes, examples.itertuples())):
         img = _slice_image(slices, ex.case, ex.z)
         ref = np.asarray(reference[ex.case][ex.z]) > 0
         det = np.asarray(maps[ex.case][ex.z]) > 0
@@ -101,17 +104,18 @@ def plot_overlays(examples: pd.DataFrame, slices, reference, maps, *, channels=(
                 ax.imshow(img[c], cmap="gray", vmin=-2.5, vmax=2.5, interpolation="nearest")
             else:
                 ax.imshow(np.zeros(ref.shape), cmap="gray", vmin=0, vmax=1)
+            if det.any():      # the candidate: a light fill (small blobs stay visible) and a contour
+                ax.imshow(np.ma.masked_where(~det, det), cmap=fill, alpha=0.35, interpolation="nearest")
+                ax.contour(det, levels=[0.5], colors=[PREDICTION_COLOUR], linewidths=1.6, linestyles="--")
             if ref.any():
-                ax.contour(ref, levels=[0.5], colors=[REFERENCE_COLOUR], linewidths=1.4)
-            if det.any():
-                ax.contour(det, levels=[0.5], colors=[PREDICTION_COLOUR], linewidths=1.4, linestyles="--")
+                ax.contour(ref, levels=[0.5], colors=[REFERENCE_COLOUR], linewidths=1.6)
             ax.set_xticks([]); ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(ex.kind, fontsize=10)
-            what = {"hit": f"hit, confidence {ex.confidence:.2f}", "miss": "missed lesion",
-                    "false positive": f"false positive, confidence {ex.confidence:.2f}"}[ex.kind]
-            isup = f", ISUP {ex.isup}" if ex.isup else ""
-            ax.set_title(f"{name} | {ex.case_id} z={ex.z}\n{what}{isup}" if c == 0 else name, fontsize=8)
+            if r == 0:
+                ax.set_title(name, fontsize=10)
+        what = {"hit": f"hit, confidence {ex.confidence:.2f}", "miss": "missed lesion",
+                "false positive": f"false positive, conf. {ex.confidence:.2f}"}[ex.kind]
+        isup = f", ISUP {ex.isup}" if ex.isup else ""
+        row[0].set_ylabel(f"{what}{isup}\n{ex.case_id}, slice {ex.z}", fontsize=8)
     fig.legend(handles=[Line2D([], [], color=REFERENCE_COLOUR, lw=2, label="reference lesion"),
                         Line2D([], [], color=PREDICTION_COLOUR, lw=2, ls="--", label="AI lesion candidate")],
                loc="lower center", ncol=2, fontsize=8, frameon=False)
@@ -143,10 +147,12 @@ def plot_froc(curves: dict, ax=None, marks=(0.5, 1.0)):
 
 
 def plot_roc_readers(labels, ai_scores, readers: pd.DataFrame | None = None, ax=None, *,
-                     student: pd.DataFrame | None = None, label: str = "AI (detection map max)"):
+                     student: pd.DataFrame | None = None, label: str = "AI (detection map max)",
+                     student_label: str = "you"):
     """The AI's case-level ROC with reader operating points (rows of
     :func:`prostate_course.detection.readers.reader_operating_points`): circles for PI-RADS >= 3,
-    squares for >= 4; small per report, large pooled; ``student`` points as stars."""
+    squares for >= 4; hollow per report, filled pooled; ``student`` points (rows with
+    threshold, sensitivity, specificity) as gold stars labelled ``student_label``."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -156,19 +162,21 @@ def plot_roc_readers(labels, ai_scores, readers: pd.DataFrame | None = None, ax=
     ax.plot(fpr, tpr, color="C0", lw=2, label=f"{label}, AUROC {roc_auc_score(y, ai_scores):.2f}")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     marker = {"PI-RADS >= 3": "o", "PI-RADS >= 4": "s"}
-    for df, colour, big, name in ((readers, "C3", 90, "readers"), (student, "gold", 260, "you")):
-        if df is None or len(df) == 0:
-            continue
-        for thr, g in df.groupby("threshold", sort=True):
-            m = "*" if name == "you" else marker.get(thr, "D")
-            pooled = g["reader"].eq("pooled") if "reader" in g else pd.Series(True, index=g.index)
-            if name == "readers" and (~pooled).any():
+    if readers is not None and len(readers):
+        for thr, g in readers.groupby("threshold", sort=True):
+            m = marker.get(thr, "D")
+            pooled = g["reader"].eq("pooled")
+            if (~pooled).any():
                 ax.scatter(1 - g.specificity[~pooled], g.sensitivity[~pooled], s=28, marker=m,
-                           facecolors="none", edgecolors=colour, label=f"single reports, {thr}")
-            sel = g[pooled]
-            ax.scatter(1 - sel.specificity, sel.sensitivity, s=big, marker=m, color=colour,
-                       edgecolors="k", zorder=5, label=f"{'pooled readers' if name == 'readers' else 'you'}, {thr}")
-    ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
+                           facecolors="none", edgecolors="C3", label=f"single reports, {thr}")
+            ax.scatter(1 - g.specificity[pooled], g.sensitivity[pooled], s=90, marker=m, color="C3",
+                       edgecolors="k", zorder=5, label=f"pooled readers, {thr}")
+    if student is not None and len(student):
+        for thr, g in student.groupby("threshold", sort=True):
+            ax.scatter(1 - g.specificity, g.sensitivity, s=300 if thr.endswith("3") else 200, marker="*",
+                       color="gold" if thr.endswith("3") else "orange", edgecolors="k", zorder=6,
+                       label=f"{student_label}, {thr}")
+    ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.04)
     ax.set_xlabel("1 - specificity (false positive rate)")
     ax.set_ylabel("sensitivity")
     ax.set_aspect("equal")

@@ -165,9 +165,11 @@ class ReaderStudy:
             _, ax = plt.subplots(figsize=(5.2, 5.2))
         res = self.results()
         mine = res[res.reader != "pooled"]
+        who = "recorded reader" if mine.reader.iloc[0].startswith("recorded") else "you"
         readers = reader_operating_points(self.table, self.case_ids, self.labels.to_numpy())
-        plot_roc_readers(self.labels.to_numpy(), self.ai_scores.to_numpy(), readers, ax, student=mine)
-        ax.set_title(f"{len(self.case_ids)} study cases: AI, readers and {mine.reader.iloc[0][:40]}", fontsize=9)
+        plot_roc_readers(self.labels.to_numpy(), self.ai_scores.to_numpy(), readers, ax, student=mine,
+                         student_label=who)
+        ax.set_title(f"the {len(self.case_ids)} study cases: the AI, the simulated readers and {who}", fontsize=9)
         return ax.figure
 
     # ------------------------------------------------------------------ viewer

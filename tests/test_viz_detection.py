@@ -163,7 +163,26 @@ def test_partial_answers_are_saved_loaded_and_completed_by_the_recorded_reader(t
     again = rs.ReaderStudy(study_slices(ids), t, picked, lab, np.zeros(len(picked)), save_path=tmp_path / "a.csv")
     assert not again.load() and again.scores == {picked[0]: 5, picked[1]: 1}
     scores, who = again.final_scores()
-    assert scores[picked[0]] == 5 and "you (2 cases)" in who
+    assert scores[picked[0]] == 5 and "you (2 of 11 cases)" in who
     assert scores[picked[2]] == int(t.set_index("case_id").at[picked[2], "pirads_reports"].split(";")[0])
     with pytest.raises(KeyError, match="not in the slice set"):
         rs.ReaderStudy(study_slices(ids[:3]), t, picked, lab, np.zeros(len(picked)))
+
+
+def test_the_viewer_records_a_score_saves_it_and_moves_on(tmp_path):
+    pytest.importorskip("ipywidgets")
+    t, ids, y = study_table(12)
+    picked = [c for c in ids if c != "c5"][:4]
+    lab = pd.Series(y, index=ids).loc[picked]
+    study = rs.ReaderStudy(study_slices(ids), t, picked, lab, np.linspace(0, 1, 4), save_path=tmp_path / "a.csv")
+    ui = study.run(interactive=True)
+    head, _, slider, choice, *_ = ui.children
+    done = ui.children[6]
+    assert "Case 1 of 4" in head.value and slider.max == 2
+    choice.value = 4                                     # the student's PI-RADS for case 1
+    assert study.scores == {picked[0]: 4} and "Case 2 of 4" in head.value
+    assert pd.read_csv(tmp_path / "a.csv", dtype={"case_id": str}).pirads.tolist() == [4]
+    assert choice.value is None                          # the next case starts unscored
+    done.click()                                         # finishing early: the recorded reader fills in
+    scores, who = study.final_scores()
+    assert scores[picked[0]] == 4 and who.startswith("you (1 of 4 cases)")

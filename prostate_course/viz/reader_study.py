@@ -117,7 +117,8 @@ class ReaderStudy:
         rec = self.recorded_scores()
         given = sum(c in self.scores for c in self.case_ids)
         merged = {c: self.scores.get(c, rec.get(c)) for c in self.case_ids}
-        note = RECORDED if given == 0 else f"you ({given} cases) + {RECORDED} for the other {len(self.case_ids) - given}"
+        note = (RECORDED if given == 0 else f"you ({given} of {len(self.case_ids)} cases) + {RECORDED} "
+                f"for the other {len(self.case_ids) - given}")
         return pd.Series(merged), note
 
     # ---------------------------------------------------------------- analysis

@@ -1,4 +1,4 @@
-"""Command line: ``prostate-course {run, env, synth, prepare, report, student-edition}``."""
+"""Command line: ``prostate-course {run, env, synth, prepare, report, publish, student-edition}``."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,20 @@ def cmd_run(args) -> int:
         print("\ninterrupted before any notebook ran.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (FileNotFoundError, ValueError) as e:  # no notebooks, no PI-CAI data, bad data.split
+        return _user_error(e)
+    if args.publish:
+        from .publish import publish
+
+        print(f"published: {publish(profile.name, args.publish)}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from .publish import publish
+
+    try:
+        print(f"published: {publish(args.profile, args.out)}")
+    except FileNotFoundError as e:
         return _user_error(e)
     return 0
 
@@ -124,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a profile key, e.g. --set data.n_cases=20 (repeatable)")
     r.add_argument("--notebooks", help="folder of notebooks (default: the course's notebooks/)")
     r.add_argument("--no-data", action="store_true", help="do not prepare the dataset first")
+    r.add_argument("--publish", metavar="DIR",
+                   help="after the run, write a reference copy (report, figures, HTML notebooks) to DIR")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("env", help="print the environment report")
@@ -155,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="(re)write runs/<profile>/report.md from the results files")
     rep.add_argument("--profile", required=True)
     rep.set_defaults(func=cmd_report)
+
+    pu = sub.add_parser("publish", help="write a finished run as a readable reference (report, figures, HTML)")
+    pu.add_argument("--profile", required=True)
+    pu.add_argument("--out", required=True, help="e.g. docs/results/cpu")
+    pu.set_defaults(func=cmd_publish)
 
     st = sub.add_parser("student-edition", help="copies of the notebooks with solutions stubbed")
     st.add_argument("--out", default="student", help="output folder (default: student, the folder the "

@@ -18,6 +18,12 @@ describes the test-set uncertainty of the seed-averaged difference.
 Input: per-case scores in the course's long format (one row per case, task, method, protocol,
 label fraction and seed; see :data:`SCORE_COLUMNS`); rows whose ``label_fraction`` is empty
 (e.g. the readers' PI-RADS, which needs no training) serve as a reference at every budget.
+
+Lesion-level metrics (detection AP, the PI-CAI ranking score) also need each case's lesion
+candidates and reference lesions (``lesions``: :data:`LESION_COLUMNS`, as picai_eval's per-case
+results give them). Every candidate and reference lesion of a case carries its case's - hence
+its patient's - bootstrap weight, so a replicate is exactly the evaluation of the resampled
+patients.
 """
 from __future__ import annotations
 
@@ -35,6 +41,10 @@ SCORE_COLUMNS = ("case_id", "patient_id", "label", "task", "method", "protocol",
 #: the columns of the table :func:`paired_deltas` returns (and a few more after them)
 DELTA_COLUMNS = ("task", "metric", "method", "protocol", "label_fraction", "reference",
                  "delta", "delta_lo", "delta_hi", "n_seeds", "n_test_patients")
+#: the columns of a lesion-level results table (one row per candidate or reference lesion)
+LESION_COLUMNS = ("case_id", "task", "method", "protocol", "label_fraction", "seed",
+                  "is_lesion", "confidence")
+_ARM_KEY = ["task", "method", "protocol", "label_fraction"]
 
 
 @dataclass(frozen=True)
@@ -46,13 +56,25 @@ class CaseMetric:
     fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+@dataclass(frozen=True)
+class LesionMetric:
+    """A metric that also reads lesion-level results: ``fn(labels (n,), scores (n,), lesions,
+    weights (B, n)) -> (B,)`` with ``lesions = (case_pos (m,), is_lesion (m,), confidence (m,))``,
+    ``case_pos`` the position of each entry's case among the n cases (its weight is
+    ``weights[:, case_pos]``)."""
+
+    name: str
+    fn: Callable
+
+
 #: metrics known to :func:`paired_deltas`; :func:`register_metric` adds more
-METRICS: dict[str, CaseMetric] = {"auroc": CaseMetric("auroc", weighted_auroc)}
+METRICS: dict[str, CaseMetric | LesionMetric] = {"auroc": CaseMetric("auroc", weighted_auroc)}
 
 
-def register_metric(name: str, fn) -> None:
-    """Make ``fn(labels, scores, weights) -> (B,)`` available as ``metric=name``."""
-    METRICS[name] = CaseMetric(name, fn)
+def register_metric(name: str, fn, lesion_level: bool = False) -> None:
+    """Make ``fn(labels, scores, weights) -> (B,)`` available as ``metric=name``; with
+    ``lesion_level``, ``fn(labels, scores, lesions, weights)`` (see :class:`LesionMetric`)."""
+    METRICS[name] = LesionMetric(name, fn) if lesion_level else CaseMetric(name, fn)
 
 
 def check_scores(scores: pd.DataFrame, source: str = "scores") -> pd.DataFrame:
@@ -88,6 +110,33 @@ def _arm_matrix(rows: pd.DataFrame, cases: pd.Index, what: str) -> tuple[np.ndar
     return np.stack(out), seeds
 
 
+def _arm_lesions(lesions: pd.DataFrame, cases: pd.Index, seeds: list, what: str) -> list:
+    """Per seed of an arm, ``(case_pos, is_lesion, confidence)`` of its lesion rows."""
+    pos = pd.Series(np.arange(len(cases)), index=cases)
+    out = []
+    for seed in seeds:
+        d = lesions[lesions["seed"] == seed] if pd.notna(seed) else lesions[lesions["seed"].isna()]
+        if d.empty:
+            raise ValueError(f"{what} (seed {seed}) has per-case scores but no lesion-level results")
+        unknown = pd.Index(d["case_id"].unique()).difference(cases)
+        if len(unknown):
+            raise ValueError(f"{what} (seed {seed}) has lesion results for cases that are not "
+                             f"scored, e.g. {list(unknown[:3])}")
+        out.append((pos.loc[d["case_id"]].to_numpy(), d["is_lesion"].to_numpy(dtype=int),
+                    d["confidence"].to_numpy(dtype=float)))
+    return out
+
+
+def _reference_lesions(per_seed: list, n: int) -> np.ndarray:
+    """Reference lesions per case (one row per seed): the same for every arm and seed."""
+    return np.stack([np.bincount(p[y == 1], minlength=n) for p, y, _ in per_seed])
+
+
+def _select(frame: pd.DataFrame, method, protocol, frac) -> pd.DataFrame:
+    f = frame[(frame["method"] == method) & (frame["protocol"] == protocol)]
+    return f[f["label_fraction"] == frac] if pd.notna(frac) else f[f["label_fraction"].isna()]
+
+
 def _quantiles(reps: np.ndarray, alpha: float) -> tuple[float, float, int]:
     ok = reps[np.isfinite(reps)]
     if len(ok) == 0:
@@ -106,7 +155,7 @@ def _reference_rows(scores: pd.DataFrame, method: str, protocol: str | None, fra
 
 def paired_deltas(scores: pd.DataFrame, reference: str | tuple = "scratch", *,
                   metric: str = "auroc", n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
-                  paired: bool = True, tasks=None) -> pd.DataFrame:
+                  paired: bool = True, tasks=None, lesions: pd.DataFrame | None = None) -> pd.DataFrame:
     """delta = metric(arm) - metric(reference) with a paired patient-cluster bootstrap interval,
     for every arm and label budget of ``scores`` (see the module docstring).
 
@@ -118,12 +167,26 @@ def paired_deltas(scores: pd.DataFrame, reference: str | tuple = "scratch", *,
 
     Returns one row per (task, arm, label fraction): :data:`DELTA_COLUMNS` plus ``value`` and
     ``reference_value`` (the seed-averaged metrics), ``half_width`` and ``n_boot`` (replicates
-    with both classes present).
+    with both classes present), and ``p_value``: the two-sided bootstrap p-value of "no
+    difference", 2 min(P*(delta* <= 0), P*(delta* >= 0)), the smallest alpha whose percentile
+    interval excludes 0 (Efron & Tibshirani 1993, ch. 16).
+
+    A lesion-level ``metric`` (``"ap"``, ``"score"``: :mod:`prostate_course.detection`) needs
+    ``lesions`` (:data:`LESION_COLUMNS`); only arms with lesion results are compared.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+    lesion_level = isinstance(METRICS[metric], LesionMetric)
     fn = METRICS[metric].fn
     scores = check_scores(scores)
+    if lesion_level:
+        if lesions is None:
+            raise ValueError(f"metric {metric!r} is lesion-level: pass lesions= (lesion-level results)")
+        missing = [c for c in LESION_COLUMNS if c not in lesions.columns]
+        if missing:
+            raise ValueError(f"lesions: missing columns {missing}")
+        have = lesions[_ARM_KEY].drop_duplicates()
+        scores = scores.merge(have, on=_ARM_KEY, how="inner")
     ref_method, ref_protocol = (reference if isinstance(reference, tuple) else (reference, None))
     if not (scores["method"] == ref_method).any():
         raise ValueError(f"no scores for the reference method {ref_method!r} "
@@ -143,40 +206,64 @@ def paired_deltas(scores: pd.DataFrame, reference: str | tuple = "scratch", *,
                     continue
                 arm = td[(td["method"] == method) & (td["protocol"] == protocol)
                          & (td["label_fraction"] == frac)]
-                out.append(_compare(arm, ref, fn, n_boot, seed, alpha, paired)
+                les = None
+                if lesion_level:
+                    tl = lesions[lesions["task"] == task]
+                    r0 = ref.iloc[0]
+                    les = (_select(tl, method, protocol, frac),
+                           _select(tl, r0["method"], r0["protocol"], r0["label_fraction"]))
+                out.append(_compare(arm, ref, fn, n_boot, seed, alpha, paired, les)
                            | {"task": task, "metric": metric, "method": method,
                               "protocol": protocol, "label_fraction": float(frac),
                               "reference": ref_method if ref_protocol is None and rp == protocol
                               else f"{ref_method} ({rp})"})
     cols = list(DELTA_COLUMNS) + ["value", "reference_value", "half_width", "n_boot",
-                                  "n_reference_seeds"]
+                                  "n_reference_seeds", "p_value"]
     return pd.DataFrame(out, columns=cols)
 
 
-def _compare(arm: pd.DataFrame, ref: pd.DataFrame, fn, n_boot, seed, alpha, paired) -> dict:
+def _compare(arm: pd.DataFrame, ref: pd.DataFrame, fn, n_boot, seed, alpha, paired,
+             lesions=None) -> dict:
     cases = pd.Index(sorted(ref["case_id"].unique()))
     patients = ref.drop_duplicates("case_id").set_index("case_id").reindex(cases)
     labels = patients["label"].to_numpy(dtype=float) > 0
-    a, a_seeds = _arm_matrix(arm, cases, f"arm {arm['method'].iloc[0]}/{arm['protocol'].iloc[0]}")
-    r, r_seeds = _arm_matrix(ref, cases, f"reference {ref['method'].iloc[0]}")
+    what_a = f"arm {arm['method'].iloc[0]}/{arm['protocol'].iloc[0]}"
+    what_r = f"reference {ref['method'].iloc[0]}"
+    a, a_seeds = _arm_matrix(arm, cases, what_a)
+    r, r_seeds = _arm_matrix(ref, cases, what_r)
+    metric = fn
+    if lesions is not None:                  # lesion-level: (scores, lesions) per seed
+        la = _arm_lesions(lesions[0], cases, a_seeds, what_a)
+        lr = _arm_lesions(lesions[1], cases, r_seeds, what_r)
+        ref_counts = _reference_lesions(la + lr, len(cases))
+        if (ref_counts != ref_counts[0]).any():
+            raise ValueError(f"{what_a} and {what_r} disagree on the reference lesions of some "
+                             "cases: lesion results must come from the same ground truth")
+        a, r = list(zip(a, la)), list(zip(r, lr))
+
+        def metric(y, s, w):
+            return fn(y, s[0], s[1], w)
     ones = np.ones((1, len(cases)))
-    value = np.mean([fn(labels, s, ones)[0] for s in a])
-    ref_value = np.mean([fn(labels, s, ones)[0] for s in r])
+    value = np.mean([metric(labels, s, ones)[0] for s in a])
+    ref_value = np.mean([metric(labels, s, ones)[0] for s in r])
     groups = patients["patient_id"].to_numpy()
     reps = []
     blocks_a = cluster_weights(groups, n_boot, seed)
     blocks_r = blocks_a if paired else cluster_weights(groups, n_boot, seed + 7919)
     for wa in blocks_a:
         wr = wa if paired else next(blocks_r)
-        da = np.mean([fn(labels, s, wa) for s in a], axis=0)
-        dr = np.mean([fn(labels, s, wr) for s in r], axis=0)
+        da = np.mean([metric(labels, s, wa) for s in a], axis=0)
+        dr = np.mean([metric(labels, s, wr) for s in r], axis=0)
         reps.append(da - dr)
-    lo, hi, n_ok = _quantiles(np.concatenate(reps) if reps else np.zeros(0), alpha)
+    reps = np.concatenate(reps) if reps else np.zeros(0)
+    lo, hi, n_ok = _quantiles(reps, alpha)
+    ok = reps[np.isfinite(reps)]
+    p = min(1.0, 2 * min((ok <= 0).mean(), (ok >= 0).mean())) if len(ok) else np.nan
     return {"delta": float(value - ref_value), "delta_lo": lo, "delta_hi": hi,
             "n_seeds": len(a_seeds), "n_test_patients": int(pd.Series(groups).nunique()),
             "value": float(value), "reference_value": float(ref_value),
             "half_width": (hi - lo) / 2 if n_ok else np.nan, "n_boot": n_ok,
-            "n_reference_seeds": len(r_seeds)}
+            "n_reference_seeds": len(r_seeds), "p_value": float(p)}
 
 
 def resolved(deltas: pd.DataFrame) -> pd.Series:
@@ -200,5 +287,5 @@ def describe(deltas: pd.DataFrame, digits: int = 2) -> list[str]:
     return out
 
 
-__all__ = ["SCORE_COLUMNS", "DELTA_COLUMNS", "paired_deltas", "check_scores", "resolved",
-           "describe", "register_metric", "METRICS"]
+__all__ = ["SCORE_COLUMNS", "DELTA_COLUMNS", "LESION_COLUMNS", "paired_deltas", "check_scores",
+           "resolved", "describe", "register_metric", "METRICS", "CaseMetric", "LesionMetric"]

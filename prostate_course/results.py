@@ -13,7 +13,11 @@
 every notebook's rows. Beside the JSON, ``<stem>.scores.csv`` holds the per-case test scores
 (one row per case, task, method, protocol, label fraction and seed:
 :data:`prostate_course.compare.SCORE_COLUMNS`), the basis of every paired comparison; the
-validator checks that the file exists and matches the rows.
+validator checks that the file exists and matches the rows. Detection (notebook 05) adds
+``<stem>.lesions.csv`` (key ``lesions``): one row per lesion candidate or reference lesion
+(:data:`prostate_course.compare.LESION_COLUMNS`), the basis of paired AP comparisons. A results
+file may also list ``figures`` ([{file, caption}], paths relative to ``runs/<profile>/``) and
+``report_tables`` ([{title, rows}]) for the run's report.
 """
 from __future__ import annotations
 
@@ -79,6 +83,9 @@ class Results:
         self.protocol: dict | None = None
         self._unavailable: list[dict] = []
         self._stand_ins: list[dict] = []
+        self._lesions: list = []
+        self.figures: list[dict] = []
+        self.report_tables: list[dict] = []
         self._t0 = time.perf_counter()
 
     def add_row(self, task: str, method: str, label_fraction: float | None, seed: int | None,
@@ -108,6 +115,38 @@ class Results:
 
         return pd.concat(self._scores, ignore_index=True) if self._scores else pd.DataFrame()
 
+    def add_lesions(self, lesions) -> None:
+        """Keep lesion-level results (a DataFrame with :data:`~prostate_course.compare.LESION_COLUMNS`)."""
+        from .compare import LESION_COLUMNS
+
+        missing = [c for c in LESION_COLUMNS if c not in lesions.columns]
+        if missing:
+            raise ValueError(f"{self.notebook} lesions: missing columns {missing}")
+        self._lesions.append(lesions)
+
+    def lesions(self):
+        """All lesion-level results added so far (a DataFrame; empty without any)."""
+        import pandas as pd
+
+        return pd.concat(self._lesions, ignore_index=True) if self._lesions else pd.DataFrame()
+
+    def add_figure(self, fig, name: str, caption: str = "", dpi: int = 110) -> str:
+        """Save a matplotlib figure as ``runs/<profile>/figures/<notebook>/<name>.png`` (for the
+        report and the published run) and list it; returns the path relative to the run root."""
+        from .paths import run_root
+
+        rel = f"figures/{self.notebook}/{name}.png"
+        with atomic_path(run_root(self.profile) / rel) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        self.figures = [f for f in self.figures if f["file"] != rel] + [{"file": rel, "caption": caption}]
+        return rel
+
+    def add_report_table(self, title: str, table) -> None:
+        """A table (DataFrame or list of dicts) the run's report shows under this notebook."""
+        rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+        self.report_tables = [t for t in self.report_tables if t["title"] != title]
+        self.report_tables.append({"title": title, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]})
+
     def set_protocol(self, settings: dict) -> None:
         """Record the protocol settings (with their ``hash``) the scores were made under."""
         self.protocol = dict(settings)
@@ -132,6 +171,9 @@ class Results:
             "peak_gpu_mb": _peak_gpu_mb(),
             "rows": self.rows,
             "scores": self.scores_file if self._scores else None,
+            "lesions": self.lesions_file if self._lesions else None,
+            "figures": self.figures,
+            "report_tables": self.report_tables,
             "protocol": self.protocol,
             "unavailable": self._unavailable,
             "stand_ins": self._stand_ins,
@@ -141,12 +183,19 @@ class Results:
     def scores_file(self) -> str:
         return f"{self.notebook}.scores.csv"
 
+    @property
+    def lesions_file(self) -> str:
+        return f"{self.notebook}.lesions.csv"
+
     def save(self, directory: str | Path | None = None) -> Path:
         """Write the scores file (if any), then the JSON that names it, both atomically."""
         directory = Path(directory) if directory else results_dir(self.profile)
         if self._scores:
             with atomic_path(directory / self.scores_file) as tmp:
                 self.scores().to_csv(tmp, index=False)
+        if self._lesions:
+            with atomic_path(directory / self.lesions_file) as tmp:
+                self.lesions().to_csv(tmp, index=False)
         out = self.to_dict()
         validate_results(out, source=self.notebook, directory=directory)
         return write_json_atomic(directory / f"{self.notebook}.json", out)
@@ -178,7 +227,22 @@ def validate_results(obj: dict, source: str = "results", directory: str | Path |
                 raise ValueError(f"{source}: {kind}[{i}] needs {keys}")
     if obj.get("scores") and directory is not None:
         _validate_scores_link(obj, source, Path(directory))
+    if obj.get("lesions") and directory is not None:
+        _validate_lesions_link(obj, source, Path(directory))
     return obj
+
+
+def _validate_lesions_link(obj: dict, source: str, directory: Path) -> None:
+    import pandas as pd
+
+    from .compare import LESION_COLUMNS
+
+    path = directory / obj["lesions"]
+    if not path.is_file():
+        raise ValueError(f"{source}: names the lesion results {path.name}, which do not exist in {directory}")
+    lacking = [c for c in LESION_COLUMNS if c not in pd.read_csv(path, nrows=0).columns]
+    if lacking:
+        raise ValueError(f"{source}: lesion results {path.name} lack columns {lacking}")
 
 
 def _validate_scores_link(obj: dict, source: str, directory: Path) -> None:
@@ -212,6 +276,20 @@ def load_results(profile_or_dir: str | Path) -> dict[str, dict]:
     for path in sorted(d.glob("*.json")):
         out[path.stem] = validate_results(json.loads(path.read_text()), source=str(path), directory=d)
     return out
+
+
+def load_lesions(profile_or_dir: str | Path, notebooks=None):
+    """The lesion-level results of every (or the named) notebook of a run that saved them, with
+    a ``notebook`` column (empty DataFrame when none did)."""
+    import pandas as pd
+
+    d = Path(profile_or_dir)
+    if not d.is_dir():
+        d = results_dir(str(profile_or_dir))
+    frames = [pd.read_csv(d / res["lesions"], dtype={"case_id": str}).assign(notebook=stem)
+              for stem, res in load_results(d).items()
+              if res.get("lesions") and (notebooks is None or stem in notebooks)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def load_scores(profile_or_dir: str | Path, notebooks=None):

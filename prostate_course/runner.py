@@ -458,5 +458,18 @@ def write_report(profile: str, memory_limit_mb: float | None = None) -> Path:
         stand_in_methods = {s["artifact"] for s in r["stand_ins"]}
         rows = [dict(row, stand_in="yes") if row.get("method") in stand_in_methods else row
                 for row in r["rows"]]
-        parts += ["", markdown_table(rows)]
+        parts += ["", markdown_table(rows)] + report_extras(r)
     return write_text_atomic(run_root(profile) / "report.md", "\n".join(parts))
+
+
+def report_extras(result: dict) -> list[str]:
+    """The tables (``report_tables``) and figures (``figures``, paths relative to the run
+    folder, where report.md lives) a notebook's results file asks the report to show."""
+    parts = []
+    for t in result.get("report_tables") or []:
+        parts += [f"### {t['title']}", "", markdown_table(t["rows"])]
+    for f in result.get("figures") or []:
+        parts += [f"![{f.get('caption') or f['file']}]({f['file']})", ""]
+        if f.get("caption"):
+            parts += [f"*{f['caption']}*", ""]
+    return parts

@@ -154,3 +154,19 @@ def test_ctrl_c_on_a_real_smoke_run(smoke_course, tmp_path):
     assert (results / "00_bpmri_primer.json").is_file() and not (results / "01_transfer_learning.json").exists()
     assert _gone(status["kernel_pid"]) and _gone(status["watcher_pid"])
     assert stop_s < 20
+
+
+def test_the_smoke_run_publishes_as_a_readable_reference(smoke_course, tmp_path):
+    """`prostate-course publish` on the finished smoke run: report with commit and date, the
+    figures it shows, HTML of every executed notebook."""
+    root, _ = smoke_course
+    out = tmp_path / "published"
+    proc = subprocess.run([sys.executable, "-m", "prostate_course.cli", "publish", "--profile", "smoke",
+                           "--out", str(out)], env=_env(root), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for nb in NOTEBOOKS:
+        assert (out / "notebooks" / f"{nb.stem}.html").stat().st_size > 10_000, nb.stem
+    report = (out / "report.md").read_text()
+    assert report.startswith("> Reference run of profile `smoke`, commit `")
+    for link in [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]:
+        assert (out / link).is_file(), link

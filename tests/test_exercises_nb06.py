@@ -1,0 +1,31 @@
+"""Every check of notebook 06 rejects a plausible wrong answer and accepts the right one."""
+import numpy as np
+import pytest
+
+from prostate_course.exercises import nb06
+from prostate_course.exercises._compat import WrongAnswer
+
+
+def bonferroni(p):
+    return np.minimum(1, len(p) * np.asarray(p))
+
+
+def holm(p):
+    p = np.asarray(p, float)
+    order = np.argsort(p)
+    adj = np.maximum.accumulate(np.minimum(1, (len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(adj)
+    out[order] = adj
+    return out
+
+
+def test_check_holm():
+    with pytest.raises(WrongAnswer, match="Bonferroni"):
+        nb06.check_holm(bonferroni)
+    assert nb06.check_holm(holm) is holm
+
+
+def test_check_family_error():
+    with pytest.raises(WrongAnswer, match="expected NUMBER"):
+        nb06.check_family_error(0.05 * 12, 12)
+    assert nb06.check_family_error(1 - 0.95 ** 12, 12) == pytest.approx(0.4596, abs=1e-4)

@@ -163,8 +163,8 @@ def test_profiles_memory_limit_download_folds_and_split():
     assert smoke.memory_limit_mb == cpu.memory_limit_mb == 1500  # Binder kills at 2 GB
     assert 8000 <= gpu.memory_limit_mb <= 12500 and full.memory_limit_mb is None  # Colab: ~12.7 GB
     assert gpu.download_folds == [0] and full.download_folds == [0, 1, 2, 3, 4]
-    for p in (smoke, cpu, gpu):  # today's course split by default
-        assert split_settings(p.data["split"]) == {"scheme": "course", "test_fraction": 0.25, "val_fraction": 0.15}
+    for p in (smoke, cpu, gpu):  # the course split; validation comes from inside each label budget
+        assert split_settings(p.data["split"]) == {"scheme": "course", "test_fraction": 0.25, "val_fraction": 0.0}
     assert split_settings(full.data["split"])["scheme"] == "picai_official"
     with w.catch_warnings():
         w.simplefilter("error")  # the split keys are known keys: no "check the spelling" warning

@@ -18,8 +18,11 @@ import SimpleITK as sitk
 import prostate_course as pc
 from prostate_course import exercises
 from prostate_course.exercises import UNANSWERED, WrongAnswer, nb00, nb01
+from test_exercises_nb02 import CASES as NB02_CASES
 from test_exercises_nb03 import CASES as NB03_CASES
 from test_exercises_nb04 import CASES as NB04_CASES
+from test_exercises_nb05 import CASES as NB05_CASES
+from test_exercises_nb06 import CASES as NB06_CASES
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -246,8 +249,8 @@ CASES = {
     nb01.check_patient_max: case_patient_max,
     nb01.check_pairing_experiment: case_pairing_experiment,
 }
-CASES.update(NB03_CASES)
-CASES.update(NB04_CASES)
+for more in (NB02_CASES, NB03_CASES, NB04_CASES, NB05_CASES, NB06_CASES):
+    CASES.update(more)
 
 
 @pytest.mark.parametrize("check", list(CASES), ids=[f"{c.__module__.rsplit('.', 1)[-1]}.{c.__name__}" for c in CASES])

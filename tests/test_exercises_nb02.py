@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from prostate_course.exercises import nb02
+from prostate_course.exercises import UNANSWERED, WrongAnswer, nb02
 
 
 def test_identity_curve():
@@ -44,3 +44,38 @@ def test_masking_experiment():
 def test_trend_of():
     assert nb02.trend_of(1.0, 1.2) == "up" and nb02.trend_of(1.0, 0.5) == "down"
     assert nb02.trend_of(1.0, 1.04) == "about the same"
+
+
+# cases for tests/test_exercises.py: case(**fixtures) -> (check, data, stub_args, is_reference)
+def case_identity_curve(**_):
+    assert nb02.check_identity_curve((0.2, 0.2), (0.9, 0.9)) == ((0.2, 0.2), (0.9, 0.9))
+    with pytest.raises(WrongAnswer, match="x = y"):
+        nb02.check_identity_curve((0.0, 1.0), (1.0, 0.0))
+    # the reference must itself be an identity curve: the check accepts it
+    return nb02.check_identity_curve, (), [UNANSWERED, UNANSWERED], \
+        lambda ref: nb02.check_identity_curve(*ref) == ref
+
+
+def case_prediction(**_):
+    e = errors([0.8, 0.3, 0.5])
+    assert nb02.check_prediction("up") == "up"
+    with pytest.raises(WrongAnswer, match="predict one of"):
+        nb02.check_prediction("higher")
+    nb02.check_masking_experiment({"trend": "up", "beats_fill": True}, e, prediction="up")  # prints correct
+    return nb02.check_prediction, (), [UNANSWERED], lambda ref: ref is None   # a guess has no reference
+
+
+def case_masking_experiment(**_):
+    e = errors([0.8, 0.3, 0.5])
+    assert nb02.check_masking_experiment({"trend": "up", "beats_fill": True}, e)["trend"] == "up"
+    with pytest.raises(WrongAnswer, match="again"):
+        nb02.check_masking_experiment({"trend": "down", "beats_fill": True}, e)
+    return nb02.check_masking_experiment, (e,), [UNANSWERED], \
+        lambda ref: ref == {"trend": "up", "beats_fill": True}
+
+
+CASES = {
+    nb02.check_identity_curve: case_identity_curve,
+    nb02.check_prediction: case_prediction,
+    nb02.check_masking_experiment: case_masking_experiment,
+}

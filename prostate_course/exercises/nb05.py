@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compat import call, correct, is_unanswered, unanswered, wrong
+from . import call_answer as call, correct, is_unanswered, unanswered, wrong
 
 EX1 = "Exercise 1 (IoU and the hit rule)"
 EX2 = "Exercise 2 (a point of the FROC curve)"
@@ -46,6 +46,14 @@ def check_iou(answer):
     return answer
 
 
+def froc_point_reference(lesions, n_cases: int, threshold: float):
+    """(sensitivity, false positives per case) of the candidates with confidence >= threshold:
+    hits / all reference lesions (missed ones are rows with confidence 0), false positives / cases."""
+    on = lesions["confidence"] >= threshold
+    hit = lesions["is_lesion"] == 1
+    return float((hit & on).sum() / max(int(hit.sum()), 1)), float((~hit & on).sum() / n_cases)
+
+
 def _picai_points(evaluation):
     m = evaluation.metrics
     counts = m.calculate_counts()
@@ -60,7 +68,7 @@ def check_froc_point(answer, evaluation):
     (is_lesion, confidence). Compared with picai_eval's own counts at each of its thresholds."""
     les, n = evaluation.lesions, len(evaluation.case_ids)
     if is_unanswered(answer) or is_unanswered(call(EX2, answer, les, n, 0.5)):
-        return unanswered(EX2, None)
+        return unanswered(EX2, froc_point_reference)
     ths, sens, fps = _picai_points(evaluation)
     if len(ths) == 0:
         raise wrong(EX2, "this evaluation has no candidate with a positive confidence to check against")
@@ -88,7 +96,9 @@ def check_overlap_experiment(answer: dict, probabilities, reference, case_ids, c
     from ..detection.evaluate import evaluate_detection
 
     if is_unanswered(answer):
-        return unanswered(EX3, None)
+        return unanswered(EX3, {k: evaluate_detection(probabilities, reference, case_ids, min_overlap=k,
+                                                      candidates=candidates).summary()["ap"]
+                                for k in (0.1, 0.3, 0.5)})
     if not isinstance(answer, dict) or 0.1 not in answer or len([k for k in answer if k > 0.1]) < 2:
         raise wrong(EX3, "give a dict {min_overlap: AP} with 0.1 and at least two stricter values, "
                     "e.g. {0.1: ..., 0.3: ..., 0.5: ...}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compat import call, correct, is_unanswered, unanswered, wrong
+from . import call_answer as call, correct, is_unanswered, unanswered, wrong
 
 EX1 = "Exercise 1 (Holm's adjustment)"
 EX2 = "Exercise 2 (many comparisons, no effect)"

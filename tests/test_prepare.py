@@ -540,7 +540,8 @@ def test_ctrl_c_cleans_up_parallel_prepare(raw_factory, tmp_path):
     out = tmp_path / "ds"
     script = _SLOW_PREPARE.replace("workers=1", "workers=2")
     proc = subprocess.Popen([sys.executable, "-c", script, str(raw / "images"), str(raw / "labels"), str(out)],
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_runner.default_sigint
     try:
         _wait_until_mid_run(proc, out)
         os.killpg(proc.pid, signal.SIGINT)

@@ -183,6 +183,13 @@ def _wait_for(cond, timeout_s: float, proc) -> None:
     pytest.fail("the run did not reach the expected point in time")
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action. A test suite started as a background
+    job (``cmd &`` in a non-interactive shell) inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt: the Ctrl-C tests would test nothing but a hang."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_run(argv: list[str], env: dict, stopped: str, runs_dir: Path, ready=None,
                   timeout_s: float = 600):
     """Start `prostate-course run ...` in its own process group, send SIGINT (what Ctrl-C sends
@@ -190,7 +197,7 @@ def interrupt_run(argv: list[str], env: dict, stopped: str, runs_dir: Path, read
     return (returncode, stdout, stderr, kernel status record, seconds from SIGINT to exit)."""
     proc = subprocess.Popen([sys.executable, "-m", "prostate_course.cli", "run", *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     status_file = runs_dir / "logs" / f"{stopped}.kernel.json"
     try:
         def running():

@@ -85,8 +85,17 @@ def case_resolved_budgets(**_):
         lambda ref: ref == [0.05, 1.0]
 
 
+def case_prediction(**_):
+    assert nb03.check_prediction("low") == "low"
+    with pytest.raises(WrongAnswer, match='"low" or "high"'):
+        nb03.check_prediction("lower")
+    nb03.check_temperature_conclusion("low", "low", -3.1, -2.0)            # prints correct
+    return nb03.check_prediction, (), [UNANSWERED], lambda ref: ref is None  # a guess has no reference
+
+
 CASES = {
     nb03.check_ntxent: case_ntxent,
+    nb03.check_prediction: case_prediction,
     nb03.check_temperature_conclusion: case_temperature_conclusion,
     nb03.check_resolved_budgets: case_resolved_budgets,
 }

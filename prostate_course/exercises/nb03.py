@@ -79,6 +79,19 @@ def check_ntxent(fn):
 
 
 # ------------------------------------------------------------------------------ exercise 2
+def check_prediction(prediction):
+    """Exercise 2, step 1: the predicted temperature, "low" or "high" (recorded, not graded: the
+    experiment grades the conclusion). Returns it (None when unanswered: a guess has no
+    reference)."""
+    if is_unanswered(prediction):
+        return unanswered(f"{EX2}, the prediction", None)
+    if prediction not in TEMPERATURES:
+        raise wrong(EX2, f'predict "low" or "high", got {prediction!r}')
+    print(f"prediction recorded: the {prediction} temperature spreads the projections more. "
+          "Now run the experiment.")
+    return prediction
+
+
 def check_temperature_conclusion(conclusion, prediction, uniform_low: float, uniform_high: float):
     """``conclusion`` ("low" / "high") must name the run whose held-out uniformity is lower."""
     measured = "low" if uniform_low < uniform_high else "high"
@@ -133,5 +146,5 @@ def check_resolved_budgets(answer, deltas, method: str, protocol: str):
     return answer
 
 
-__all__ = ["check_ntxent", "check_temperature_conclusion",
+__all__ = ["check_ntxent", "check_prediction", "check_temperature_conclusion",
            "check_resolved_budgets", "resolved_budgets", "TEMPERATURES"]

@@ -153,21 +153,22 @@ def _kernel_env(jupyter_dir: Path | None = None, status_file: Path | None = None
     return env
 
 
-def _cell_timed_out(log_file: Path) -> bool:
-    """papermill's log shows nbclient's CellTimeoutError (a cell ran past --execution-timeout)."""
+def _log_says(log_file: Path, *markers: str) -> bool:
+    """papermill's log (if it can be read) contains any of ``markers``."""
     try:
         text = log_file.read_text(errors="replace")
     except OSError:
         return False
-    return "CellTimeoutError" in text or "A cell timed out" in text
+    return any(m in text for m in markers)
+
+
+def _cell_timed_out(log_file: Path) -> bool:
+    """nbclient's CellTimeoutError: a cell ran past --execution-timeout."""
+    return _log_says(log_file, "CellTimeoutError", "A cell timed out")
 
 
 def _kernel_died(log_file: Path) -> bool:
-    try:
-        text = log_file.read_text(errors="replace")
-    except OSError:
-        return False
-    return "DeadKernelError" in text or "Kernel died" in text
+    return _log_says(log_file, "DeadKernelError", "Kernel died")
 
 
 def _stop(proc: subprocess.Popen, sampler: kernel_watch.TreeSampler) -> None:

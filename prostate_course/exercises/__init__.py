@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["UNANSWERED", "WrongAnswer", "is_unanswered", "unanswered", "correct", "wrong", "call_answer"]
+__all__ = ["UNANSWERED", "WrongAnswer", "is_unanswered", "unanswered", "correct", "wrong", "call_answer",
+           "one_of", "number"]
 
 
 class _Unanswered:
@@ -71,6 +72,21 @@ def correct(exercise: str, message: str = "") -> None:
 def wrong(exercise: str, message: str) -> WrongAnswer:
     """The exception to raise for a wrong answer (``raise wrong(...)``)."""
     return WrongAnswer(f"{exercise}: not yet right. {message}")
+
+
+def one_of(exercise: str, answers: dict, choices) -> None:
+    """Each ``answers`` {name: value} must be one of ``choices`` (case and spaces ignored)."""
+    for name, value in answers.items():
+        if str(value).strip().lower() not in choices:
+            raise wrong(exercise, f"{name} must be one of {choices}, got {value!r}")
+
+
+def number(exercise: str, name: str, value) -> float:
+    """``value`` as a float, or a WrongAnswer that names it."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise wrong(exercise, f"{name} must be a number, got {value!r}") from None
 
 
 def call_answer(exercise: str, fn, *args, **kwargs):

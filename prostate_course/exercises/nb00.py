@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import UNANSWERED, call_answer, correct, is_unanswered, unanswered, wrong
+from . import UNANSWERED, call_answer, correct, is_unanswered, number, one_of, unanswered, wrong
 
 EX1 = "Exercise 1 (voxel -> world)"
 EX2 = "Exercise 2 (verification bias)"
@@ -163,13 +163,8 @@ def check_annotation_experiment(prediction, dice_high_contrast, observed, cohort
     seen = _effect(high - base)
     if any(is_unanswered(a) for a in (prediction, dice_high_contrast, observed)):
         return unanswered(EX3, (seen, high, seen))
-    for name, val in (("prediction", prediction), ("observed", observed)):
-        if str(val).strip().lower() not in EFFECTS:
-            raise wrong(EX3, f"{name} must be one of {EFFECTS}, got {val!r}")
-    try:
-        got = float(dice_high_contrast)
-    except (TypeError, ValueError):
-        raise wrong(EX3, f"dice_high_contrast must be a number, got {dice_high_contrast!r}") from None
+    one_of(EX3, {"prediction": prediction, "observed": observed}, EFFECTS)
+    got = number(EX3, "dice_high_contrast", dice_high_contrast)
     if abs(got - high) > 0.005:
         raise wrong(EX3, f"dice_high_contrast = {got:.3f}, but the run with lesion_contrast={high_contrast} "
                          f"gives {high:.3f}: take the mean of the 'dice' column of the lesion rows")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import call_answer, correct, is_unanswered, unanswered, wrong
+from . import call_answer, correct, is_unanswered, number, one_of, unanswered, wrong
 
 EX1 = "Exercise 1 (ImageNet normalisation)"
 EX2 = "Exercise 2 (AUROC by counting pairs)"
@@ -137,13 +137,8 @@ def check_pairing_experiment(prediction, unpaired_half_width, observed, scores, 
              else "wider" if unpaired > paired else "narrower")
     if is_unanswered(prediction) or is_unanswered(unpaired_half_width) or is_unanswered(observed):
         return unanswered(EX4, (truth, unpaired, truth))
-    for name, v in (("prediction", prediction), ("observed", observed)):
-        if str(v).strip().lower() not in WIDTH_EFFECTS:
-            raise wrong(EX4, f"{name} must be one of {WIDTH_EFFECTS}, got {v!r}")
-    try:
-        u = float(unpaired_half_width)
-    except (TypeError, ValueError):
-        raise wrong(EX4, f"unpaired_half_width must be a number, got {unpaired_half_width!r}") from None
+    one_of(EX4, {"prediction": prediction, "observed": observed}, WIDTH_EFFECTS)
+    u = number(EX4, "unpaired_half_width", unpaired_half_width)
     if not np.isclose(u, unpaired, atol=1e-6):
         hint = (" - that is the paired one: pass paired=False" if np.isclose(u, paired, atol=1e-6)
                 else f" (use n_boot={n_boot} and the row at {fraction:.0%})")

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import UNANSWERED, call_answer, correct, is_unanswered, unanswered, wrong
+from . import UNANSWERED, call_answer, correct, is_unanswered, number, one_of, unanswered, wrong
 
 EX1 = "Exercise 1 (PI-RADS confidence)"
 EX2 = "Exercise 2 (row normalisation)"
@@ -120,13 +120,8 @@ def check_noise_experiment(prediction, agreement_noisy, observed, table, noisy_t
     seen = _effect(noisy - base)
     if any(is_unanswered(a) for a in (prediction, agreement_noisy, observed)):
         return unanswered(EX3, (seen, noisy, seen))
-    for name, val in (("prediction", prediction), ("observed", observed)):
-        if str(val).strip().lower() not in EFFECTS:
-            raise wrong(EX3, f"{name} must be one of {EFFECTS}, got {val!r}")
-    try:
-        got = float(agreement_noisy)
-    except (TypeError, ValueError):
-        raise wrong(EX3, f"agreement_noisy must be a number, got {agreement_noisy!r}") from None
+    one_of(EX3, {"prediction": prediction, "observed": observed}, EFFECTS)
+    got = number(EX3, "agreement_noisy", agreement_noisy)
     if got > 1:
         raise wrong(EX3, f"agreement_noisy = {got}: give a fraction (0.7), not a percentage (70)")
     if abs(got - noisy) > 0.005:

@@ -247,6 +247,8 @@ def test_reference_lesions_tell_which_lesion_was_hit_with_its_isup():
     by = readers.sensitivity_by(les, "isup").set_index("isup")
     assert by.loc[2, "sensitivity"] == 0 and by.loc[4, "sensitivity"] == 1
     assert readers.sensitivity_by(les, "isup", threshold=0.95).n_found.sum() == 0
+    at = float(les.confidence.max())             # the operating point's rule: score >= threshold
+    assert readers.sensitivity_by(les, "isup", threshold=at).n_found.sum() == 1
     with pytest.raises(ValueError, match="detection maps"):
         readers.reference_lesions(ev.drop_maps(), [ref, ref])
 

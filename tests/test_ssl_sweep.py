@@ -72,6 +72,23 @@ def test_run_sweep_sees_equal_images_and_arms_share_one_encoder():
     assert arms[0].init.seed_independent
 
 
+def test_run_sweep_to_checkpoints_keeps_no_encoder_and_arms_load_the_trained_weights(tmp_path):
+    tr = blob_slices(n_cases=16, n_slices=3, px=16).unlabelled()
+    kept = S.run_sweep(["dcl"], [4, 8], [0.5], tr, pairs=16, device="cpu", progress=False)
+    runs = S.run_sweep(["dcl"], [4, 8], [0.5], tr, pairs=16, device="cpu", progress=False,
+                       checkpoint_dir=tmp_path / "sweep")
+    assert all(r.encoder is None and r.checkpoint.is_file() for r in runs)
+    assert len({r.checkpoint for r in runs}) == 2
+    arms = S.sweep_arms(runs)
+    assert all(a.init.seed_independent for a in arms)
+    for arm, ref in zip(arms, kept):             # same seed, same run: the very weights trained
+        got = arm.init(3)
+        assert all(torch.equal(x, y) for x, y in zip(got.state_dict().values(),
+                                                      ref.encoder.state_dict().values()))
+    with pytest.raises(ValueError, match="neither an encoder nor a checkpoint"):
+        S.sweep_arms([S.SweepRun("dcl", 4, 0.5, 1, 0.0, kept[0].history, None)])
+
+
 def test_shared_encoder_features_are_computed_once_for_every_seed():
     tr = blob_slices(n_cases=40, n_slices=3, px=16, seed=0, prefix="t")
     te = blob_slices(n_cases=12, n_slices=3, px=16, seed=2, prefix="e")

@@ -172,11 +172,14 @@ def reference_lesions(evaluation, reference) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["case_id", "lesion", "n_voxels", "isup", "hit", "confidence"])
 
 
-def sensitivity_by(lesions: pd.DataFrame, by: str, threshold: float = 0.0) -> pd.DataFrame:
+def sensitivity_by(lesions: pd.DataFrame, by: str, threshold: float | None = None) -> pd.DataFrame:
     """Lesion detection sensitivity per value of ``by`` (e.g. "isup", "pirads"): a lesion
-    counts as found when picai_eval matched a candidate with confidence above ``threshold``
-    (0: any candidate). Wilson 95 % intervals."""
-    found = lesions["hit"] & (lesions["confidence"] > threshold)
+    counts as found when picai_eval matched a candidate with confidence >= ``threshold``, the
+    same rule as the case-level operating point (None: any matched candidate). Wilson 95 %
+    intervals."""
+    found = lesions["hit"].astype(bool)
+    if threshold is not None:
+        found &= lesions["confidence"] >= threshold
     rows = []
     for v, g in lesions.assign(found=found).groupby(by, dropna=False):
         k, n = int(g.found.sum()), len(g)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -42,7 +43,8 @@ class SweepRun:
     steps: int
     seconds: float
     history: pd.DataFrame = field(repr=False)
-    encoder: nn.Module = field(repr=False)
+    encoder: nn.Module | None = field(repr=False)
+    checkpoint: Path | None = None     # where the encoder was written (then ``encoder`` is None)
 
     @property
     def name(self) -> str:
@@ -51,11 +53,16 @@ class SweepRun:
 
 def run_sweep(methods: Sequence[str], batch_sizes: Sequence[int], temperatures: Sequence[float],
               slices, *, pairs: int, seed: int = 0, device=None, progress: bool = True,
-              **pretrain_kw) -> list[SweepRun]:
+              checkpoint_dir=None, **pretrain_kw) -> list[SweepRun]:
     """One short pretraining per (method, batch size, temperature), each seeing ``pairs``
-    images (two views each): steps = max(1, round(pairs / batch_size))."""
+    images (two views each): steps = max(1, round(pairs / batch_size)).
+
+    ``checkpoint_dir``: write each run's encoder there and keep only its path, so memory holds
+    one encoder at a time (eight ResNet-18s are about 0.4 GB, a quarter of Binder's cap)."""
     from tqdm.auto import tqdm
 
+    from ..models import save_checkpoint
+    from ..repro import release_memory
     from .contrastive import pretrain_run
 
     grid = [(m, int(b), float(t)) for m in methods for b in batch_sizes for t in temperatures]
@@ -65,22 +72,35 @@ def run_sweep(methods: Sequence[str], batch_sizes: Sequence[int], temperatures: 
         t0 = time.perf_counter()
         r = pretrain_run(m, slices, steps, seed=seed, device=device, batch_size=b, temperature=t,
                          epochs=min(steps, 4), progress=False, **pretrain_kw)
-        out.append(SweepRun(m, r.config["batch_size"], t, r.fit.steps,
-                            round(time.perf_counter() - t0, 1), r.history, r.encoder.cpu().eval()))
+        run = SweepRun(m, r.config["batch_size"], t, r.fit.steps, round(time.perf_counter() - t0, 1),
+                       r.history, r.encoder.cpu().eval())
+        if checkpoint_dir is not None:
+            path = Path(checkpoint_dir) / (run.name.replace(" ", "_") + ".pt")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            run.checkpoint = save_checkpoint(run.encoder, path, seed=seed, steps=run.steps)
+            run.encoder = None
+        del r
+        release_memory()
+        out.append(run)
     return out
 
 
 def sweep_arms(runs: Sequence[SweepRun], protocol: str = "linear_probe") -> list:
     """One protocol arm per sweep run (method = :func:`arm_name`), its encoder shared by
-    every seed."""
-    from ..protocol import Arm
+    every seed (loaded from the run's checkpoint when it has one)."""
+    from ..protocol import Arm, from_checkpoint
 
     arms = []
     for r in runs:
-        def init(_seed, enc=r.encoder):
-            return copy.deepcopy(enc)
+        if r.checkpoint is not None:
+            init = from_checkpoint(r.checkpoint)
+        elif r.encoder is None:
+            raise ValueError(f"sweep run {r.name!r} has neither an encoder nor a checkpoint")
+        else:
+            def init(_seed, enc=r.encoder):
+                return copy.deepcopy(enc)
 
-        init.seed_independent = True
+            init.seed_independent = True
         arms.append(Arm(r.name, init, protocol=protocol))
     return arms
 

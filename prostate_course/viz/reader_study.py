@@ -200,8 +200,8 @@ class ReaderStudy:
         return fig
 
     def run(self, interactive: bool | None = None):
-        """Show the viewer (or, without a live frontend, use the recorded reader). Returns the
-        widget, or ``self`` in the static case."""
+        """The viewer widget, shown when it is the cell's last value (or, without a live
+        frontend, use the recorded reader and return ``self``)."""
         from .cases import widgets_available
 
         if interactive is None:
@@ -290,5 +290,4 @@ class ReaderStudy:
         slider.observe(show_image, "value")
         ui = W.VBox([head, image, slider, choice, hint, W.HBox([prev_b, next_b, progress]), done_b, result])
         show_case()
-        display(ui)
-        return ui
+        return ui               # the cell shows the returned widget once (no display() here too)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from .paths import DATA_ENV, RUNS_ENV, run_root
 from .profile import AUTO, Profile, load_profile, resolve_profile_name
-from .repro import (environment_report, format_environment_report, get_device,
-                    limit_allocator_growth, seed_everything)
+from .repro import environment_report, format_environment_report, get_device, seed_everything
 from .results import Results
 
 
@@ -110,7 +109,6 @@ def start(notebook: str, profile: str | Profile = AUTO, overrides: dict | None =
         profile = resolve_profile_name(profile)
     prof = load_profile(profile, overrides)  # a Profile is returned as it is
     stem = Path(notebook).stem
-    limit_allocator_growth()  # keep a long notebook's resident memory near what it uses
     seed = prof.seeds[0] if prof.seeds else 0
     seed_everything(seed)
     device = get_device(prof.device)

@@ -214,6 +214,23 @@ def protocol_settings(*, dataset_key: str, fractions, seeds, fit_kwargs: dict, a
     return s
 
 
+def record_arms(arms: Sequence[Arm], results=None) -> tuple[list[Arm], list[dict]]:
+    """Split ``arms`` into the runnable ones and the records of those that cannot run
+    ({method, protocol, reason}); with a ``Results``, record both the unavailable arms and the
+    stand-ins (their rows are flagged), so that no arm disappears silently from a table."""
+    runnable, unavailable = [], []
+    for arm in arms:
+        if arm.unavailable:
+            unavailable.append({"method": arm.method, "protocol": arm.protocol, "reason": arm.unavailable})
+            if results is not None:
+                results.unavailable(arm.method, arm.unavailable, protocol=arm.protocol)
+            continue
+        if arm.stand_in and results is not None:
+            results.stand_in(arm.method, arm.stand_in)
+        runnable.append(arm)
+    return runnable, unavailable
+
+
 def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFrame,
                          fractions: Sequence[float], seeds, fit_kwargs: dict,
                          augment_factory: Callable[[int], Callable] | None = None,
@@ -236,15 +253,8 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
     from .models import Classifier
 
     device = torch.device(device) if device is not None else get_device()
-    rows, scores, budgets, histories, snapshots, unavailable = [], [], [], {}, {}, []
-    for arm in arms:
-        if arm.unavailable:
-            unavailable.append({"method": arm.method, "protocol": arm.protocol, "reason": arm.unavailable})
-            if results is not None:
-                results.unavailable(arm.method, arm.unavailable, protocol=arm.protocol)
-        elif arm.stand_in and results is not None:
-            results.stand_in(arm.method, arm.stand_in)
-    runnable = [a for a in arms if not a.unavailable]
+    rows, scores, budgets, histories, snapshots = [], [], [], {}, {}
+    runnable, unavailable = record_arms(arms, results)
     plan = {(f, s): make_budget(table, f, s, val_share=val_share, min_val_positives=min_val_positives)
             for f in fractions for s in seeds_for(f, seeds)}
     budgets = pd.DataFrame([{"label_fraction": b.fraction, "seed": b.seed,
@@ -459,7 +469,7 @@ def clinical_scores(table: pd.DataFrame, test_ids, train_ids=None) -> tuple[pd.D
     return pd.concat(out, ignore_index=True), repairs
 
 
-__all__ = ["Arm", "arm_label", "random_init", "from_checkpoint", "StaleCheckpoint", "Budget",
+__all__ = ["Arm", "arm_label", "record_arms", "random_init", "from_checkpoint", "StaleCheckpoint", "Budget",
            "make_budget", "seeds_for", "LabelEfficiency", "run_label_efficiency", "score_rows",
            "protocol_settings", "Protocol", "clinical_scores", "summarise", "PROTOCOLS"]
 

@@ -62,15 +62,17 @@ def _libc():
         return None
 
 
-def limit_allocator_growth(threshold: int = 128 * 1024) -> bool:
-    """Stop glibc's heap from keeping freed tensor memory (Linux; a no-op elsewhere).
+def limit_allocator_growth(threshold: int = 32 * 1024 * 1024) -> bool:
+    """Fix glibc's mmap and trim thresholds at ``threshold`` bytes (Linux; a no-op elsewhere).
 
-    PyTorch's CPU tensors come from ``malloc``. glibc serves large requests with ``mmap`` and
-    returns them to the system when freed, but raises that threshold each time such a block is
-    freed (up to 32 MB): after a few training runs, activation-sized tensors come from the heap,
-    which fragments and rarely shrinks. Fixing the thresholds keeps the resident memory of a
-    notebook near what it actually uses (measured on notebook 01, cpu profile: see README).
-    Returns whether the setting was applied.
+    PyTorch's CPU tensors come from ``malloc``; glibc raises its mmap threshold each time a
+    large block is freed, after which activation-sized tensors come from a heap that fragments.
+    Pinning the threshold low trades speed for memory, and the trade is bad: training a
+    ResNet-18 (batch 16, 64 px, 2 cores) took 1.5x as long at 128 KB (every activation an
+    mmap/munmap: system time 3.8 -> 15 s) for 84 MB less peak, and no gain at 32 MB
+    (docs/PROTOCOL.md, "Memory"). The course therefore does not call it;
+    :func:`release_memory` after each arm returns freed heap pages instead. Returns whether
+    the setting was applied.
     """
     libc = _libc()
     if libc is None:

@@ -123,6 +123,25 @@ class FitResult:
                          for k, v in last.items()}}
 
 
+@dataclass
+class Pretrained:
+    """A pretraining's outcome: the trained ``model`` (its ``encoder`` is what later arms
+    reuse) and the engine's :class:`FitResult` (``history``: one row per epoch). Each pretext
+    extends it with what it keeps (settings, restorations)."""
+
+    method: str
+    model: nn.Module = field(repr=False)
+    fit: FitResult = field(repr=False)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return self.fit.history
+
+
 def cpu_state(model: nn.Module) -> dict:
     """A CPU copy of ``model``'s state dict (not shared with the live weights)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -271,4 +290,4 @@ def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
                      if hasattr(step, "info") else {})
 
 
-__all__ = ["Step", "FitResult", "fit", "cpu_state", "epoch_steps", "to_device", "gather"]
+__all__ = ["Step", "FitResult", "Pretrained", "fit", "cpu_state", "epoch_steps", "to_device", "gather"]

@@ -44,3 +44,34 @@ def table_of(*sets: tuple[SliceSet, str]) -> pd.DataFrame:
         for cid, pid, y in zip(s.case_ids, s.patient_ids, s.case_label.tolist()):
             rows.append({"case_id": cid, "patient_id": pid, "case_csPCa": int(y), "split": split})
     return pd.DataFrame(rows)
+
+
+#: PI-RADS reports (one per reader, ";"-separated; "" = unannotated) cycled over a cohort's exams
+REPORTS = ["4;4;4", "2;4", "", "2", "4;2;2", "3", "5;5", "1;1;2", "4;4;2;2;2", "5", "2;2", "4;5"]
+
+
+def pirads_cohort(n_train: int = 12, n_test: int = 8, px: int = 16):
+    """(train, test, table): blob slices and a cases table with PI-RADS reports (their
+    consensus and confidence), age, PSA (every 4th missing) and PSA density."""
+    from prostate_course.data.readers import add_pirads_consensus
+
+    tr = blob_slices(n_train, 2, px=px, prefix="a")
+    te = blob_slices(n_test, 2, px=px, prefix="b", seed=1)
+    t = table_of((tr, "train"), (te, "test"))
+    t["pirads_reports"] = (REPORTS * 3)[: len(t)]
+    t["patient_age"] = 55.0 + np.arange(len(t))
+    t["psa"] = np.where(np.arange(len(t)) % 4 == 0, np.nan, 5.0 + np.arange(len(t)))
+    t["psad"] = 0.1 + 0.01 * np.arange(len(t))
+    return tr, te, add_pirads_consensus(t)
+
+
+class SlicesDataset:
+    """What the pretraining code asks of a prepared dataset: ``slices(split)``, ``table``,
+    ``root`` and a manifest key (for checkpoint provenance)."""
+
+    def __init__(self, train: SliceSet, test: SliceSet, table: pd.DataFrame, root, key: str = "synthetic-test"):
+        self._s, self.table, self.root = {"train": train, "test": test}, table, root
+        self.manifest = {"key": key}
+
+    def slices(self, split="train", masks=True):
+        return self._s[split]

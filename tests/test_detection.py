@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from prostate_course import models
+from prostate_course import models, protocol
 from prostate_course.augment import Compose, RandFlip
 from prostate_course.detection import arms as darms
 from prostate_course.detection import evaluate as dev
@@ -124,6 +124,27 @@ def test_encoder_arms_use_a_matching_checkpoint_else_a_stand_in_else_record_why(
     other = FakeDataset(key="synthetic-other")       # a checkpoint made for other data is refused
     arms2, _ = darms.encoder_arms("t", other, [0], methods=("dcl",))
     assert arms2[0].unavailable and "other data" in arms2[0].unavailable
+
+
+def test_stand_ins_pretrain_each_missing_encoder_with_its_own_method(tmp_path, monkeypatch):
+    from fakes import SlicesDataset, pirads_cohort
+
+    monkeypatch.setenv("PROSTATE_COURSE_RUNS", str(tmp_path))
+    ds = SlicesDataset(*pirads_cohort(), tmp_path)
+    factories = darms.stand_in_factories(ds, steps=2, device="cpu")
+    arms, notes = darms.encoder_arms("t", ds, [0], imagenet_reason="offline", stand_ins=factories)
+    by = {a.method: a for a in arms}
+    torch.manual_seed(0)
+    untrained = protocol.random_init(0).state_dict()
+    for m in darms.PRETRAINED:                    # no checkpoint anywhere: every one a stand-in
+        assert by[m].stand_in and not by[m].unavailable
+        enc = by[m].init(0)
+        assert enc(torch.zeros(2, 3, 16, 16)).shape == (2, 512)
+        moved = [k for k, v in enc.state_dict().items() if v.is_floating_point() and not torch.equal(v, untrained[k])]
+        assert moved, f"{m}: the stand-in is the untrained encoder"
+        again = by[m].init(0)                     # the same seed trains the same weights (CPU)
+        assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), again.state_dict().values()))
+    assert set(notes[notes.encoder.str.startswith("stand-in")].method) == set(darms.PRETRAINED)
 
 
 # ------------------------------------------------------------------------- experiment

@@ -2,7 +2,6 @@
 pretraining, checkpoints or stand-ins, exam embeddings and the reader-noise experiment."""
 import json
 from dataclasses import replace
-from types import SimpleNamespace
 
 import matplotlib
 
@@ -14,25 +13,15 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fakes import blob_slices, table_of  # noqa: E402
+from fakes import SlicesDataset, blob_slices, pirads_cohort  # noqa: E402
 from prostate_course import compare, protocol, viz  # noqa: E402
 from prostate_course.data.readers import SINGLE_REPORT_CONF, add_pirads_consensus  # noqa: E402
 from prostate_course.ssl import metadata as md  # noqa: E402
 from prostate_course.ssl import metadata_pretrain as mp  # noqa: E402
 from prostate_course.ssl.metadata_losses import (ConditionalContrastive, YAwareInfoNCE)  # noqa: E402
 
-REPORTS = ["4;4;4", "2;4", "", "2", "4;2;2", "3", "5;5", "1;1;2", "4;4;2;2;2", "5", "2;2", "4;5"]
-
-
 def cohort(n_train=12, n_test=8, px=16):
-    tr = blob_slices(n_train, 2, px=px, prefix="a")
-    te = blob_slices(n_test, 2, px=px, prefix="b", seed=1)
-    t = table_of((tr, "train"), (te, "test"))
-    t["pirads_reports"] = (REPORTS * 3)[: len(t)]
-    t["patient_age"] = 55.0 + np.arange(len(t))
-    t["psa"] = np.where(np.arange(len(t)) % 4 == 0, np.nan, 5.0 + np.arange(len(t)))
-    t["psad"] = 0.1 + 0.01 * np.arange(len(t))
-    return tr, te, add_pirads_consensus(t)
+    return pirads_cohort(n_train, n_test, px)
 
 
 @pytest.fixture(autouse=True)
@@ -89,13 +78,7 @@ def test_yaware_reads_standardised_values_with_missing_kept(monkeypatch):
     assert abs(float(m["patient_age_z"].mean())) < 1e-5            # all 12 training exams, z-scored
 
 
-class FakeDataset:
-    def __init__(self, tr, te, t, root):
-        self._s, self.table, self.root = {"train": tr, "test": te}, t, root
-        self.manifest = {"key": "synthetic-test"}
-
-    def slices(self, split="train", masks=True):
-        return self._s[split]
+FakeDataset = SlicesDataset
 
 
 def test_stand_in_then_checkpoint(tmp_path, monkeypatch):

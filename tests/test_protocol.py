@@ -164,3 +164,26 @@ def test_protocol_settings_hash_tracks_what_matters():
     assert protocol.protocol_settings(**base)["hash"] == h
     for k, v in (("fit_kwargs", {"epochs": 3}), ("test_case_ids", ["a", "c"]), ("dataset_key", "j")):
         assert protocol.protocol_settings(**{**base, k: v})["hash"] != h
+
+
+def test_record_arms_keeps_the_runnable_and_records_the_rest():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def unavailable(self, method, reason, protocol=None):
+            self.calls.append(("unavailable", method, protocol, reason))
+
+        def stand_in(self, method, reason):
+            self.calls.append(("stand_in", method, reason))
+
+    arms = [protocol.Arm("scratch", protocol.random_init),
+            protocol.Arm("imagenet", None, protocol="linear_probe", unavailable="no weight file"),
+            protocol.Arm("dcl", protocol.random_init, stand_in="no checkpoint of 03")]
+    rec = Recorder()
+    runnable, missing = protocol.record_arms(arms, rec)
+    assert [a.method for a in runnable] == ["scratch", "dcl"]
+    assert missing == [{"method": "imagenet", "protocol": "linear_probe", "reason": "no weight file"}]
+    assert rec.calls == [("unavailable", "imagenet", "linear_probe", "no weight file"),
+                         ("stand_in", "dcl", "no checkpoint of 03")]
+    assert protocol.record_arms(arms)[1] == missing          # without a Results: nothing to record

@@ -8,10 +8,11 @@ course's ResNet-18, starts from
   unavailable offline without the weight file - recorded, never replaced;
 - ``genesis`` (notebook 02), ``dcl`` (03), ``pirads_conf`` (04): the notebook's checkpoint
   (:func:`prostate_course.artifacts.find_checkpoint`, which refuses checkpoints made for other
-  data). When it is missing and a *stand-in* factory is registered for the method
-  (:func:`register_stand_in`: a quick pretraining, e.g. from ``prostate_course.ssl``), the arm
-  runs on the stand-in and is flagged (``Arm(stand_in=...)``, ``results.stand_in``); otherwise it
-  is recorded as unavailable with the reason.
+  data). When it is missing and a *stand-in* factory is given (:func:`stand_in_factories`: a
+  quick pretraining with the method's own code from ``prostate_course.ssl``, or
+  :func:`register_stand_in`), the arm runs on the stand-in and is flagged
+  (``Arm(stand_in=...)``, ``results.stand_in``); otherwise it is recorded as unavailable with
+  the reason.
 """
 from __future__ import annotations
 
@@ -30,35 +31,41 @@ METHODS = ("scratch", "imagenet") + tuple(PRETRAINED)
 
 #: method -> factory(seed) -> a pretrained ResNet-18 encoder (quick stand-ins; see register_stand_in)
 STAND_INS: dict[str, Callable] = {}
-#: quick pretrainings that notebooks 02-04's packages offer, "module:function"; the function is
-#: called as ``fn(unlabelled_slices, seed=seed, profile=profile)`` and returns an encoder
-#: (e.g. {"dcl": "prostate_course.ssl.contrastive:pretrain"}); entries that do not import are skipped
-STAND_IN_FUNCTIONS: dict[str, str] = {}
+#: pretraining steps of a stand-in where the profile's notebook-05 section gives no ``stand_in_steps``
+STAND_IN_STEPS = 30
 
 
 def register_stand_in(method: str, factory: Callable) -> None:
     """Use ``factory(seed) -> encoder`` when ``method``'s checkpoint is missing, e.g.
-    ``register_stand_in("dcl", lambda seed: contrastive.pretrain(train.unlabelled(), seed=seed))``.
+    ``register_stand_in("dcl", lambda seed: contrastive.pretrain("dcl", train.unlabelled(), 50, seed))``.
     The factory pretrains on the training split's unlabelled slices only."""
     if method not in PRETRAINED:
         raise ValueError(f"stand-ins replace the checkpoints of {sorted(PRETRAINED)}, not {method!r}")
     STAND_INS[method] = factory
 
 
-def stand_in_factories(unlabelled, profile, functions: dict | None = None) -> dict:
-    """{method: factory(seed)} for the entries of :data:`STAND_IN_FUNCTIONS` (or ``functions``)
-    that import; each pretrains on ``unlabelled`` (the training split without labels)."""
-    import importlib
+def stand_in_factories(dataset, steps: int = STAND_IN_STEPS, device=None, methods=tuple(PRETRAINED)) -> dict:
+    """{method: factory(seed)}: a quick pretraining of each of ``methods`` for ``steps`` steps
+    on ``dataset``'s training split (no labels; notebook 04's method also sees the clinical
+    table, as in 04): Models Genesis restoration (02), DCL (03), PI-RADS-confidence
+    contrastive (04). Nothing is trained until an arm asks for its encoder, so a method whose
+    checkpoint exists costs nothing."""
+    def genesis(seed):
+        from ..ssl import contrastive, restoration
+        return restoration.pretrain("genesis", contrastive.pretraining_slices(dataset), steps, seed=seed,
+                                    device=device, table=dataset.table).cpu().eval()
 
-    out = {}
-    for method, target in (STAND_IN_FUNCTIONS if functions is None else functions).items():
-        module, _, name = target.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        out[method] = (lambda f: lambda seed: f(unlabelled, seed=seed, profile=profile))(fn)
-    return out
+    def dcl(seed):
+        from ..ssl import contrastive
+        return contrastive.pretrain("dcl", contrastive.pretraining_slices(dataset), steps, seed=seed,
+                                    device=device, progress=False)
+
+    def pirads_conf(seed):
+        from ..ssl import metadata_pretrain
+        return metadata_pretrain.quick_pretrain(dataset, "pirads_conf", steps, seed, device)
+
+    made = {"genesis": genesis, "dcl": dcl, "pirads_conf": pirads_conf}
+    return {m: made[m] for m in methods}
 
 
 def _checkpoint_init(paths: dict) -> Callable:
@@ -116,5 +123,5 @@ def encoder_arms(profile: str, dataset, seeds, methods=METHODS, *, imagenet_weig
     return arms, pd.DataFrame(notes)
 
 
-__all__ = ["PRETRAINED", "METHODS", "STAND_INS", "STAND_IN_FUNCTIONS", "register_stand_in",
+__all__ = ["PRETRAINED", "METHODS", "STAND_INS", "STAND_IN_STEPS", "register_stand_in",
            "stand_in_factories", "encoder_arms"]

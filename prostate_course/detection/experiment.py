@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..protocol import Arm, make_budget, protocol_settings, score_rows, seeds_for
+from ..protocol import Arm, make_budget, protocol_settings, record_arms, score_rows, seeds_for
 from ..repro import get_device, release_memory
 from .evaluate import DETECTION_METRICS, evaluate_detection, lesion_rows
 from .steps import SegmentationStep
@@ -181,15 +181,8 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
     if len(reference) != len(test.case_ids):
         raise ValueError(f"{len(reference)} reference volumes for {len(test.case_ids)} test cases")
     depth = reference.shape[1]
-    unavailable = []
-    for arm in arms:
-        if arm.unavailable:
-            unavailable.append({"method": arm.method, "protocol": arm.protocol, "reason": arm.unavailable})
-            if results is not None:
-                results.unavailable(arm.method, arm.unavailable, protocol=arm.protocol)
-        elif arm.stand_in and results is not None:
-            results.stand_in(arm.method, arm.stand_in)
-    runnable = [a for a in arms if not a.unavailable and plan.get(a.method)]
+    runnable, unavailable = record_arms(arms, results)
+    runnable = [a for a in runnable if plan.get(a.method)]
     jobs = [(a, f, s) for a in runnable for f in plan[a.method] for s in seeds_for(f, seeds)]
     if keep is None and jobs:
         first = jobs[0][0].method

@@ -118,6 +118,10 @@ def pairing_half_widths(scores, fraction: float, n_boot: int, method="scratch",
     fine-tuned scratch at ``fraction``."""
     from ..compare import paired_deltas
 
+    frac = np.isclose(scores["label_fraction"].astype(float), float(fraction))
+    arms = (((scores.method == method) & (scores.protocol == protocol))
+            | ((scores.method == "scratch") & (scores.protocol == "finetune")))
+    scores = scores[frac & arms]                 # the two arms at this budget: nothing else to resample
     out = []
     for paired in (True, False):
         d = paired_deltas(scores, reference=("scratch", "finetune"), n_boot=n_boot, paired=paired)

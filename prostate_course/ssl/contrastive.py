@@ -40,7 +40,7 @@ from torch import nn
 from ..amp import amp_dtype, autocast
 from ..models import ProjectionHead, resnet18_encoder
 from ..samplers import OnePerExamBatches
-from ..train import FitResult, Step, fit, gather, to_device
+from ..train import Pretrained, Step, fit, gather, to_device
 from .diagnostics import batch_diagnostics
 from .losses import DCLLoss, DCLWLoss, NTXentLoss
 
@@ -242,23 +242,12 @@ def hold_out_exams(slices, share: float = 0.1, seed: int = 0, min_patients: int 
 
 
 @dataclass
-class PretrainResult:
+class PretrainResult(Pretrained):
     """What :func:`pretrain_run` returns: the model (``model.encoder`` is what later arms use),
     the engine's :class:`~prostate_course.train.FitResult` (history with ``train_align``,
     ``train_uniform``, ``train_feature_std`` per epoch) and the settings used."""
 
-    method: str
-    model: ContrastiveModel = field(repr=False)
-    fit: FitResult = field(repr=False)
     config: dict
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.model.encoder
-
-    @property
-    def history(self) -> pd.DataFrame:
-        return self.fit.history
 
     def summary(self) -> dict:
         """JSON-safe facts for a checkpoint manifest: the settings and the last epoch's logs."""

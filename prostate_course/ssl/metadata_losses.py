@@ -188,6 +188,14 @@ class ConditionalContrastive(_MetadataLoss):
 
     Label and confidence come from the metadata keys ``label_key`` / ``conf_key``;
     ``use_confidence=False`` sets c = 1 (every annotated majority fully trusted).
+
+    Where this departs from the authors' released code (camilleruppli/decoupled_ccl,
+    ``ConditionalUniformAlignLoss``; the paper's equations were not available to check):
+    ``"infonce"`` is this course's decoupled-InfoNCE reading, not in that code. In
+    ``"align_unif"`` the alignment is the same up to a factor 1/2; their uniformity repels with
+    soft weights max(W) - W_pq (same-label pairs a little too), drops unannotated exams from an
+    annotated anchor's row (here they are repelled), normalises each annotated row, and uses
+    the pairs within one view (here all pairs of views of different exams).
     """
 
     def __init__(self, temperature: float = 0.1, *, use_confidence: bool = True,

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..augment import RandFlip
 from ..inference import as_images, forward_batches
-from ..train import FitResult, Step, fit, gather, to_device
+from ..train import Pretrained, Step, fit, gather, to_device
 from . import pretexts
 
 METHODS = ("genesis", "mae")
@@ -176,26 +176,15 @@ def watch_indices(n: int, k: int) -> np.ndarray:
 
 
 @dataclass
-class Pretraining:
+class Pretraining(Pretrained):
     """What :func:`run_pretraining` returns: the trained U-Net (``encoder`` is its ResNet-18),
     the engine's :class:`~prostate_course.train.FitResult` (without ``best_state``: the last
     weights are the model's), the watch :class:`Panel` and its
     restorations ``snapshots`` [(epoch, (k, C, H, W) float16)], epoch 0 = before training."""
 
-    method: str
-    model: nn.Module = field(repr=False)
-    fit: FitResult = field(repr=False)
     panel: Panel | None = field(repr=False)
     snapshots: list = field(repr=False)
     config: dict
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.model.encoder
-
-    @property
-    def history(self) -> pd.DataFrame:
-        return self.fit.history
 
     def summary(self) -> dict:
         """JSON-safe facts for the checkpoint manifest and the results."""

@@ -33,16 +33,17 @@ import torch.nn.functional as F
 
 from ..augment import BatchTransform, Compose, RandFlip, RandGaussianNoise, RandIntensity, _uniform
 
-#: why the views are not kornia's (measured on the 2-core reference machine, see the tests'
-#: benchmark script in the notebook's README section): kornia 0.9.0 installs beside the CPU
-#: torch, but (1) its intensity transforms assume images in [0, 1] (gamma raises negative
+#: why the views are not kornia's (kornia 0.9.0, read against its documentation and tried beside
+#: the CPU torch): (1) its intensity transforms assume images in [0, 1] (gamma raises negative
 #: values to a power, contrast and brightness clip the output to [0, 1]), which z-scored MRI is
 #: not, so intensity scale and gamma would be hand-written anyway; (2) its Gaussian noise has
-#: one std for the whole batch; (3) it draws from torch's global random stream, not a
-#: generator of its own; and (4) the batched versions here are faster on the CPU (the crop is
-#: one ``affine_grid`` + ``grid_sample`` for the batch, the blur one grouped convolution).
-KORNIA_NOTE = ("kornia.augmentation assumes intensities in [0, 1] and a global random stream; "
-               "the hand-written batched views are faster on the CPU (see prostate_course.ssl.views)")
+#: one std for the whole batch; (3) it draws from torch's global random stream, not a generator
+#: of its own, so a view could not be reproduced apart from the training step. The crop here is
+#: one ``affine_grid`` + ``grid_sample`` for the whole batch and the blur one grouped
+#: convolution, as kornia does them; no speed difference is claimed (none was measured).
+KORNIA_NOTE = ("kornia.augmentation assumes intensities in [0, 1] and draws from torch's global "
+               "random stream; z-scored MRI and seeded, reproducible views need these few transforms "
+               "written here (see prostate_course.ssl.views)")
 
 
 def _warp(d: dict, theta: torch.Tensor, keys, label_keys) -> dict:

@@ -72,18 +72,28 @@ def load_run(directory) -> CourseRun:
 
 
 def _with_reference(run: CourseRun, nb: str, reference: str) -> tuple[pd.DataFrame, str]:
-    """Notebook ``nb``'s scores, plus the reference arm borrowed from another notebook run under
-    the same protocol (same hash) when ``nb`` has none."""
+    """Notebook ``nb``'s scores, plus the reference arm borrowed, read-out by read-out, from
+    another notebook run under the same protocol (same hash) for every read-out ``nb`` has arms
+    in but no reference of its own (e.g. 04 probes scratch itself but reuses 01's fine-tuned
+    scratch). Returns the scores and where the reference came from ("" if nowhere)."""
     sc = run.scores[run.scores.notebook == nb]
-    if (sc.method == reference).any():
-        return sc, nb
+    own = set(sc.loc[sc.method == reference, "protocol"])
+    need = set(sc.loc[sc.method != reference, "protocol"].dropna()) - own
     want = (run.protocols.get(nb) or {}).get("hash")
+    borrowed, sources = [], []
     for other, proto in run.protocols.items():
-        if other != nb and want and (proto or {}).get("hash") == want:
-            ref = run.scores[(run.scores.notebook == other) & (run.scores.method == reference)]
-            if len(ref):
-                return pd.concat([sc, ref], ignore_index=True), other
-    return sc, ""
+        if not need or not want:
+            break
+        if other == nb or (proto or {}).get("hash") != want:
+            continue
+        ref = run.scores[(run.scores.notebook == other) & (run.scores.method == reference)
+                         & run.scores.protocol.isin(need)]
+        if len(ref):
+            borrowed.append(ref)
+            sources.append(other)
+            need -= set(ref.protocol)
+    where = ([nb] if own else []) + sources
+    return (pd.concat([sc, *borrowed], ignore_index=True) if borrowed else sc), ", ".join(where)
 
 
 def all_deltas(run: CourseRun, reference: str = "scratch", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:

@@ -83,13 +83,20 @@ def test_a_reference_is_borrowed_for_each_read_out_the_notebook_lacks(tmp_path):
     y = (rng.random(n) < 0.4).astype(int)
     pats = [f"p{i}" for i in range(n)]
     base = y + rng.standard_normal(n)
+    dcl = base + 0.2 * rng.standard_normal(n)
     write_notebook(tmp_path, "01_transfer_learning", {("scratch", "finetune", 0.05, 0): base}, y, pats, "H")
+    write_notebook(tmp_path, "03_contrastive", {("scratch", "linear_probe", 0.05, 0): base,
+                                                ("dcl", "linear_probe", 0.05, 0): dcl}, y, pats, "H")
     write_notebook(tmp_path, "04_metadata_contrastive",          # 04 probes scratch itself ...
                    {("scratch", "linear_probe", 0.05, 0): base,
+                    ("dcl", "linear_probe", 0.05, 0): dcl,     # 03's encoder read again: one comparison
                     ("pirads_conf", "linear_probe", 0.05, 0): base + 0.1 * rng.standard_normal(n),
                     ("pirads_conf", "finetune", 0.05, 0): base + 3 * y}, y, pats, "H")
     d = cc.all_deltas(cc.load_run(tmp_path), n_boot=200)      # ... and reuses 01's fine-tuned scratch
-    assert set(zip(d.method, d.protocol)) == {("pirads_conf", "linear_probe"), ("pirads_conf", "finetune")}
-    assert set(d.reference_from) == {"04_metadata_contrastive, 01_transfer_learning"}
+    assert sorted(zip(d.notebook, d.method, d.protocol)) == [
+        ("03_contrastive", "dcl", "linear_probe"), ("04_metadata_contrastive", "pirads_conf", "finetune"),
+        ("04_metadata_contrastive", "pirads_conf", "linear_probe")]
+    assert set(d[d.notebook == "04_metadata_contrastive"].reference_from) == {
+        "04_metadata_contrastive, 01_transfer_learning"}
     t = cc.endpoint_table(d, [0.05])
     assert t[t.role == "primary"].verdict.tolist() == ["better"]

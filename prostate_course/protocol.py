@@ -268,6 +268,11 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
     jobs = [(runnable[i], f, s) for s in sorted({s for _, s in plan}) for i in order
             for f in fractions if (f, s) in plan]
     top, first_seed = max(fractions), min(s for _, s in plan)
+    # the training cases whose frozen features some budget reads: per seed, and for an encoder
+    # that serves every seed, over all seeds (a small budget's extra seeds then cost only the
+    # test split's features and their own few training slices)
+    needed = {s: sorted({c for (_, s2), b in plan.items() if s2 == s for c in b.case_ids}) for _, s in plan}
+    needed[None] = sorted({c for ids in needed.values() for c in ids})
     feats: dict = {}
     bar = tqdm(jobs, desc="label efficiency", disable=not progress)
     for arm, frac, seed in bar:
@@ -299,14 +304,16 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
                 for k in [k for k in feats if k[1] is not None]:
                     del feats[k]
                 enc = arm.init(seed)
-                feats[key] = {"train": extract_features(enc, train.images, device=device),
+                rows_read = _rows_of(train, needed[key[1]])
+                images = train.images if len(rows_read) == len(train) else train.images[torch.as_tensor(rows_read)]
+                feats[key] = {"rows": rows_read, "train": extract_features(enc, images, device=device),
                               "test": extract_features(enc, test.images, device=device)}
-                del enc
+                del enc, images
             f = feats[key]
-            fit_x, val_x = f["train"][_rows_of(train, b.fit_ids)], None
-            val_y = None
+            at = lambda ids: f["train"][np.searchsorted(f["rows"], _rows_of(train, ids))]
+            fit_x, val_x, val_y = at(b.fit_ids), None, None
             if val_set is not None:
-                val_x, val_y = f["train"][_rows_of(train, b.val_ids)], val_set.slice_label
+                val_x, val_y = at(b.val_ids), val_set.slice_label
             if arm.protocol == "linear_probe":
                 probe = fit_linear_probe(fit_x, fit_set.slice_label, val_x, val_y, Cs=probe_Cs, seed=seed)
                 extra = {"C": probe.C}

@@ -66,6 +66,18 @@ def test_step_trains_beyond_copying_the_input_and_is_seeded():
     assert s["watch_loss"] == pytest.approx(h["val_loss"].iloc[-1]) and s["steps"] == 18
 
 
+def test_a_narrower_decoder_still_restores_and_pretrains_the_same_encoder():
+    data = blob_slices(n_cases=8, n_slices=4, px=32).unlabelled()
+    widths = (32, 16, 8, 8, 4)
+    pre = R.run_pretraining("genesis", data, epochs=3, steps_per_epoch=6, batch_size=8, lr=3e-3,
+                            seed=0, device="cpu", watch=8, keep=2, progress=False, widths=widths)
+    assert pre.model.out.in_channels == widths[-1] and pre.model.up4.conv[0].out_channels == widths[0]
+    h = pre.history
+    assert h["val_loss"].iloc[-1] < 0.7 * h["val_copy_loss"].iloc[-1]   # it beats copying, as the default does
+    assert pre.encoder.state_dict().keys() == models.resnet18_encoder().state_dict().keys()
+    assert pre.config["decoder_widths"] == list(widths)
+
+
 def test_no_test_or_validation_image_enters_a_pretraining_batch(monkeypatch):
     train = blob_slices(n_cases=6, n_slices=4, px=32, prefix="tr", seed=0)
     val = blob_slices(n_cases=2, n_slices=4, px=32, prefix="va", seed=1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,11 +41,14 @@ METHODS = ("genesis", "mae")
 NOTEBOOK = "02_generative"
 
 
-def restoration_model(encoder: nn.Module | None = None) -> nn.Module:
-    """The restoration network: ``models.ResNetUNet(encoder, out_channels=3)``."""
+def restoration_model(encoder: nn.Module | None = None, widths: Sequence[int] | None = None) -> nn.Module:
+    """The restoration network: ``models.ResNetUNet(encoder, out_channels=3)``; ``widths``: the
+    decoder's (its default if None). The decoder is discarded after pretraining, so a narrower
+    one only makes the pretext cheaper: the encoder is the same in every arm."""
     from ..models import ResNetUNet, resnet18_encoder
 
-    return ResNetUNet(encoder if encoder is not None else resnet18_encoder(), out_channels=3)
+    kw = {} if widths is None else {"widths": tuple(int(w) for w in widths)}
+    return ResNetUNet(encoder if encoder is not None else resnet18_encoder(), out_channels=3, **kw)
 
 
 def restoration_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -210,20 +214,21 @@ def run_pretraining(method: str, slices, *, epochs: int = 2, steps_per_epoch: in
                     batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4,
                     warmup_steps: int = 0, seed: int = 0, device=None, table=None,
                     watch: int = 64, keep: int = 4, val_every: int = 1, mask_ratio: float = 0.6,
-                    patch: float = 1 / 8, progress: bool = True, desc: str | None = None,
-                    **pretext_kw) -> Pretraining:
+                    patch: float = 1 / 8, widths: Sequence[int] | None = None, progress: bool = True,
+                    desc: str | None = None, **pretext_kw) -> Pretraining:
     """Pretrain a fresh encoder (seeded by ``seed``) by restoration on unlabelled training
     ``slices`` with the training engine (AdamW, cosine decay; ``epochs`` x ``steps_per_epoch``
     steps of ``batch_size``). ``watch`` evenly spaced slices, corrupted once, are restored
     after every ``val_every`` epochs (their loss is ``val_loss`` in the history; the first
-    ``keep`` restorations are kept for the panels). The last weights are kept."""
+    ``keep`` restorations are kept for the panels). ``widths``: the decoder's
+    (:func:`restoration_model`). The last weights are kept."""
     from ..repro import get_device
 
     check_pretraining_slices(slices, table)
     device = torch.device(device) if device is not None else get_device()
     step = RestorationStep(method, keep=keep, mask_ratio=mask_ratio, patch=patch, **pretext_kw)
     torch.manual_seed(seed)
-    model = restoration_model()
+    model = restoration_model(widths=widths)
     images = as_images(slices)
     panel = step.make_panel(images[torch.as_tensor(watch_indices(len(images), watch))]) if watch else None
     snapshots = []
@@ -244,6 +249,8 @@ def run_pretraining(method: str, slices, *, epochs: int = 2, steps_per_epoch: in
               "n_cases": len(getattr(slices, "case_ids", []) or [])}
     if method == "mae":
         config.update(mask_ratio=mask_ratio, patch=patch)
+    if widths is not None:
+        config["decoder_widths"] = [int(w) for w in widths]
     config.update(pretext_kw)
     return Pretraining(method, model, res, panel, snapshots, config)
 

@@ -278,6 +278,7 @@ def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
             stopped = True
             break
     bar.close()
+    opt.zero_grad(set_to_none=True)              # the last step's gradients: a model-sized buffer per held model
     # the last weights live in the model itself: no second copy (45 MB per ResNet-18 kept alive
     # by every FitResult a notebook holds)
     best_state = best[2] if best[2] is not None else {}

@@ -163,3 +163,17 @@ def test_frozen_parameters_do_not_move():
     with pytest.raises(ValueError, match="nothing to train"):
         fit(model, blob_slices(seed=0), params=model.encoder.parameters(), device="cpu",
                   progress=False)
+
+
+def test_the_trained_model_keeps_no_gradients():
+    """After fit, no parameter holds its last step's gradient (a model-sized buffer that every
+    model a notebook keeps would carry), and training can start again from the same model."""
+    model = nn.Linear(4, 2)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    train.fit(model, (x, x[:, :2]), step=LeastSquaresStep(), epochs=1, batch_size=16,
+              device="cpu", progress=False)
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == []
+    before = model.weight.detach().clone()
+    train.fit(model, (x, x[:, :2]), step=LeastSquaresStep(), epochs=1, batch_size=16,
+              device="cpu", progress=False)
+    assert not torch.equal(model.weight.detach(), before)

@@ -176,8 +176,9 @@ class LabelEfficiency:
     """What :func:`run_label_efficiency` returns: one results row per arm x fraction x seed,
     the per-case test scores (long format, :data:`prostate_course.compare.SCORE_COLUMNS`), the
     budgets used, learning curves ``histories[(label, fraction, seed)]``, encoder weights
-    before/after fine-tuning at the largest budget and first seed ``snapshots[label]``, and
-    the arms that could not run."""
+    before/after fine-tuning at the largest budget and first seed ``snapshots[label]`` (only
+    with ``keep_snapshots``: two encoder copies per fine-tuned arm), and the arms that could
+    not run."""
 
     rows: pd.DataFrame
     scores: pd.DataFrame
@@ -237,7 +238,7 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
                          val_share: float = 0.2, min_val_positives: int = 5,
                          probe_Cs: Sequence[float] = (0.01, 0.1, 1.0),
                          knn_ks: Sequence[int] = (5, 20, 50), n_boot: int = 1000, device=None,
-                         results=None, keep_snapshots: bool = True,
+                         results=None, keep_snapshots: bool = False,
                          progress: bool = True) -> LabelEfficiency:
     """Run every arm at every label fraction and seed (:func:`seeds_for`); return (and, with a
     ``Results``, record) the rows and the per-case test scores.

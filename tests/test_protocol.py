@@ -80,7 +80,7 @@ def test_run_label_efficiency_rows_scores_and_no_label_leak(tmp_path):
     le = protocol.run_label_efficiency(
         arms, spy, te, table=table, fractions=[0.25, 1.0], seeds={0.25: [0, 1], "default": [0]},
         fit_kwargs=dict(epochs=1, batch_size=16, lr=1e-3), n_boot=20, device="cpu",
-        min_val_positives=3, knn_ks=(3, 5), results=res, progress=False)
+        min_val_positives=3, knn_ks=(3, 5), results=res, keep_snapshots=True, progress=False)
     rows, sc = le.rows, le.scores
     assert len(rows) == 3 * (2 + 1)                                 # 3 arms x (2 seeds + 1 seed)
     assert set(rows["protocol"]) == {"finetune", "linear_probe", "knn"}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .paths import DATA_ENV, RUNS_ENV, run_root
 from .profile import AUTO, Profile, load_profile, resolve_profile_name
-from .repro import environment_report, format_environment_report, get_device, seed_everything
+from .repro import environment_report, format_environment_report, freeze_imports, get_device, seed_everything
 from .results import Results
 
 
@@ -110,6 +110,7 @@ def start(notebook: str, profile: str | Profile = AUTO, overrides: dict | None =
     prof = load_profile(profile, overrides)  # a Profile is returned as it is
     stem = Path(notebook).stem
     seed = prof.seeds[0] if prof.seeds else 0
+    freeze_imports()                          # later gc.collect() calls skip the libraries (speed)
     seed_everything(seed)
     device = get_device(prof.device)
     env = environment_report(device)

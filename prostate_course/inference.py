@@ -51,16 +51,20 @@ def forward_batches(fn: Callable[[torch.Tensor], torch.Tensor], module: nn.Modul
     fmt = torch.channels_last if device.type == "cuda" and images.ndim == 4 else None
     was_training = module.training
     module.eval().to(device)
-    out = []
+    out = None                                   # filled in place: no list of batches to concatenate
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
         xb = images[i:i + batch_size].to(device, non_blocking=True).float()
         if fmt is not None:
             xb = xb.contiguous(memory_format=fmt)
         with autocast(device, dtype):
-            out.append(fn(xb).float())
+            yb = fn(xb).float()
+        if out is None:
+            out = torch.empty((len(images), *yb.shape[1:]), dtype=torch.float32, device=yb.device)
+        out[i:i + len(yb)] = yb
+        del yb
     module.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, device=device)
+    return out if out is not None else torch.zeros(0, device=device)
 
 
 def predict_logits(model: nn.Module, images, batch_size: int | None = None, device=None,

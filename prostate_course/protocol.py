@@ -295,7 +295,8 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
                 snapshots[arm.label] = (before, cpu_state(model.encoder))
             slice_scores = predict(model, test.images, device=device)
             extra = {"best_epoch": res.best_epoch, "epochs_run": len(res.history), "steps": res.steps}
-            del model
+            del model, step, res
+            release_memory()                      # the model's optimiser state and activations
         else:
             # one encoder's features serve every budget; a seed-independent encoder's (e.g. one
             # checkpoint for every seed) every seed too, so they are kept across seeds
@@ -310,6 +311,7 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
                 feats[key] = {"rows": rows_read, "train": extract_features(enc, images, device=device),
                               "test": extract_features(enc, test.images, device=device)}
                 del enc, images
+                release_memory()                  # the encoder and its activations
             f = feats[key]
             at = lambda ids: f["train"][np.searchsorted(f["rows"], _rows_of(train, ids))]
             fit_x, val_x, val_y = at(b.fit_ids), None, None
@@ -335,7 +337,6 @@ def run_label_efficiency(arms: Sequence[Arm], train, test, *, table: pd.DataFram
         scores.append(_case_rows(test, slice_scores, **arm_keys))
         if results is not None:
             results.add_row(**row)
-        release_memory()                          # one model's optimiser state and activations
     bar.close()
     sc = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame()
     if results is not None and len(sc):

@@ -81,6 +81,31 @@ def limit_allocator_growth(threshold: int = 32 * 1024 * 1024) -> bool:
     return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, int(threshold)) == 1)
 
 
+#: Imported (and frozen) by :func:`freeze_imports`: the libraries every training notebook loads.
+COURSE_LIBRARIES = ("torch", "monai.networks.nets", "pandas", "sklearn.linear_model")
+
+
+def freeze_imports(modules=COURSE_LIBRARIES) -> int:
+    """Import ``modules``, then move every object alive into the garbage collector's permanent
+    generation (``gc.freeze``), so that later collections walk only what the notebook creates.
+
+    Python's cyclic collector visits every tracked object at each full collection. After
+    ``import monai`` (which pulls in jsonschema's grammars) that is about 460,000 objects, and
+    one ``gc.collect()`` took 0.33 s on 2 cores: notebook 03's probe cell paid it 21 times (8 s
+    of its 13 s at the smoke profile). Module-level objects live as long as the kernel, so
+    freezing them loses nothing; objects freed by reference counting are still freed.
+    Returns the number of frozen objects.
+    """
+    import gc
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def release_memory() -> None:
     """Collect garbage and hand free heap memory back to the system (glibc ``malloc_trim``)."""
     import gc

@@ -95,9 +95,9 @@ def gather(t: torch.Tensor, idx: torch.Tensor, device) -> torch.Tensor:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns. ``best_state`` is a CPU copy of the weights at ``best_epoch``
-    (loaded into the model when ``restore_best``), or ``{}`` when the best weights are the last
-    ones (no validation monitor): the model holds them."""
+    """What :func:`fit` returns. ``best_state`` is a CPU copy of the weights at ``best_epoch``,
+    loaded into the model (``restore_best``), or ``{}`` when the model keeps its last weights
+    (no validation monitor, or ``restore_best=False``: ``best_epoch`` then only reports)."""
 
     history: pd.DataFrame
     best_state: dict = field(repr=False)
@@ -145,6 +145,15 @@ class Pretrained:
 def cpu_state(model: nn.Module) -> dict:
     """A CPU copy of ``model``'s state dict (not shared with the live weights)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _keep_state(model: nn.Module, into: dict | None) -> dict:
+    """``cpu_state(model)``, written into the tensors of ``into`` when given (no new copy)."""
+    if into is None:
+        return cpu_state(model)
+    for k, v in model.state_dict().items():
+        into[k].copy_(v.detach())
+    return into
 
 
 def epoch_steps(n: int, batch_size: int, steps: int | None = None, min_steps: int | None = None,
@@ -233,7 +242,9 @@ def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
     sampler = sampler or RandomBatches()
 
     sign = 1.0 if monitor is None or _direction(step, monitor) == "min" else -1.0
-    best = (math.inf, 0, cpu_state(model))       # (signed score, epoch, state)
+    # (signed score, epoch, state): the state is copied at the first validated epoch, then
+    # overwritten in place, so at most one extra copy of the weights exists (memory)
+    best = (math.inf, 0, None)
     bad, rows, t0, step_count, stopped = 0, [], time.perf_counter(), 0, False
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     for epoch in range(1, epochs + 1):
@@ -269,7 +280,8 @@ def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
             if math.isnan(score):                 # e.g. AUROC on a one-class validation set
                 score = row.get("val_loss", math.nan) * (1 if sign > 0 else -1)
             if not math.isnan(score) and sign * score < best[0]:
-                best, bad = (sign * score, epoch, cpu_state(model)), 0
+                kept = _keep_state(model, best[2]) if restore_best else None   # no copy nobody loads
+                best, bad = (sign * score, epoch, kept), 0
             else:
                 bad += 1
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items()
@@ -281,6 +293,8 @@ def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
     opt.zero_grad(set_to_none=True)              # the last step's gradients: a model-sized buffer per held model
     # the last weights live in the model itself: no second copy (45 MB per ResNet-18 kept alive
     # by every FitResult a notebook holds)
+    if monitor is not None and not math.isfinite(best[0]):   # no finite validation score: the last weights
+        best = (math.inf, len(rows), None)
     best_state = best[2] if best[2] is not None else {}
     if restore_best and best[2] is not None:
         model.load_state_dict(best_state)

@@ -12,7 +12,7 @@ from prostate_course import paths
 from prostate_course.editions import STUB, student_notebook, stub_solution
 from prostate_course.io_utils import atomic_path, config_hash
 from prostate_course.profile import available_profiles, load_profile, parse_override
-from prostate_course.repro import get_device, seed_everything
+from prostate_course.repro import freeze_imports, get_device, seed_everything
 from prostate_course.results import Results, load_results, validate_results
 
 
@@ -173,3 +173,25 @@ def test_profiles_memory_limit_download_folds_and_split():
         w.simplefilter("error")  # the split keys are known keys: no "check the spelling" warning
         p = load_profile("cpu", {"data.split.val_fraction": 0, "memory_limit_mb": 2000})
     assert p.data["split"]["val_fraction"] == 0 and p.memory_limit_mb == 2000
+
+
+def test_frozen_imports_leave_the_collector_only_later_objects():
+    import gc
+    import weakref
+
+    try:
+        frozen = freeze_imports(("json",))
+        assert frozen == gc.get_freeze_count() > 1000
+        assert len(gc.get_objects()) < 1000      # the collector no longer walks what was alive
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a                  # a cycle made after the freeze: still collected
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()

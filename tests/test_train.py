@@ -91,6 +91,34 @@ def test_model_selection_early_stopping_and_restore_best():
         fit(Linear(), tr.unlabelled())
 
 
+def test_restored_weights_are_the_best_epochs_not_a_later_one():
+    tr, va = blob_slices(seed=0), blob_slices(seed=1, prefix="v")
+    kw = dict(batch_size=16, lr=1.0, schedule=None, steps_per_epoch=2, device="cpu", progress=False)
+    torch.manual_seed(0)
+    model = Linear()
+    res = fit(model, tr, va, epochs=6, **kw)    # a high rate: later epochs validate worse
+    assert 1 < res.best_epoch < 6
+    torch.manual_seed(0)
+    replay = Linear()
+    fit(replay, tr, epochs=res.best_epoch, **kw)  # the same batches, stopped at the best epoch
+    for k, v in replay.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_without_restore_best_no_copy_of_the_weights_is_kept():
+    tr, va = blob_slices(seed=0), blob_slices(seed=1, prefix="v")
+    kw = dict(batch_size=16, lr=1.0, schedule=None, steps_per_epoch=2, device="cpu", progress=False)
+    torch.manual_seed(0)
+    model = Linear()
+    res = fit(model, tr, va, epochs=6, restore_best=False, **kw)
+    assert res.best_state == {} and 1 < res.best_epoch < 6    # the best epoch is still reported
+    torch.manual_seed(0)
+    replay = Linear()
+    fit(replay, tr, epochs=6, **kw)                # the model keeps its last weights
+    for k, v in replay.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
 def test_steps_per_epoch_bounds():
     n = 144                                     # 9 batches of 16 per pass
     assert train.epoch_steps(n, 16) == 9

@@ -207,12 +207,17 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
         res = fit(model, fit_set, val_set, step=step, device=device, seed=seed, progress=False,
                   sampler=_sampler(balanced, fit_set), desc=arm.method, **fit_kwargs)
         train_s = time.perf_counter() - t0
+        fitted = {"n_fit_slices": len(fit_set), "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+                  "steps": res.steps}
+        histories[(arm.method, frac, seed)] = res.history
+        del fit_set, val_set, res, step          # the budget's image copies and the best-weights copy
+        release_memory()                         # before inference needs room
         probs = predict_volumes(model, test, depth, device=device)
         del model
         ev = evaluate_detection(probs, reference, test.case_ids, patient_ids=test.patient_ids,
                                 candidates=candidates)
         key = (arm.method, frac, seed)
-        histories[key], evaluations[key] = res.history, ev
+        evaluations[key] = ev
         if keep(*key):
             probabilities[key] = probs
         else:
@@ -222,8 +227,7 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
                     "label_fraction": float(frac), "seed": int(seed)}
         row = {**arm_keys, **{k: summary[k] for k in DETECTION_METRICS}, **ev.intervals(n_boot, seed),
                **{k: summary[k] for k in ("n_lesions", "n_candidates", "n_hits")},
-               "n_fit_cases": len(b.fit_ids), "n_val_cases": len(b.val_ids), "n_fit_slices": len(fit_set),
-               "best_epoch": res.best_epoch, "epochs_run": len(res.history), "steps": res.steps,
+               "n_fit_cases": len(b.fit_ids), "n_val_cases": len(b.val_ids), **fitted,
                "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0 - train_s, 1)}
         if arm.stand_in:
             row["stand_in"] = True

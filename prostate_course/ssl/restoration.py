@@ -238,7 +238,6 @@ def run_pretraining(method: str, slices, *, epochs: int = 2, steps_per_epoch: in
               steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
               warmup_steps=warmup_steps, seed=seed, device=device, restore_best=False,
               val_every=val_every, progress=progress, desc=desc or f"pretrain {method}")
-    res.best_state = {}                   # the last weights are the model's; no second copy in memory
     if panel is not None:
         h = res.history
         epochs_seen = [0] + [int(e) for e in h.loc[h["val_loss"].notna(), "epoch"]]

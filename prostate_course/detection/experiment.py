@@ -209,14 +209,14 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
         train_s = time.perf_counter() - t0
         fitted = {"n_fit_slices": len(fit_set), "best_epoch": res.best_epoch, "epochs_run": len(res.history),
                   "steps": res.steps}
-        histories[(arm.method, frac, seed)] = res.history
+        key = (arm.method, frac, seed)
+        histories[key] = res.history
         del fit_set, val_set, res, step          # the budget's image copies and the best-weights copy
         release_memory()                         # before inference needs room
         probs = predict_volumes(model, test, depth, device=device)
         del model
         ev = evaluate_detection(probs, reference, test.case_ids, patient_ids=test.patient_ids,
                                 candidates=candidates)
-        key = (arm.method, frac, seed)
         evaluations[key] = ev
         if keep(*key):
             probabilities[key] = probs

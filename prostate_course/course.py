@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .paths import DATA_ENV, RUNS_ENV, run_root
 from .profile import AUTO, Profile, load_profile, resolve_profile_name
-from .repro import environment_report, format_environment_report, freeze_imports, get_device, seed_everything
+from .repro import (environment_report, format_environment_report, freeze_imports, get_device, seed_everything,
+                    tune_allocator)
 from .results import Results
 
 
@@ -111,6 +112,7 @@ def start(notebook: str, profile: str | Profile = AUTO, overrides: dict | None =
     stem = Path(notebook).stem
     seed = prof.seeds[0] if prof.seeds else 0
     freeze_imports()                          # later gc.collect() calls skip the libraries (speed)
+    tune_allocator()                          # training steps reuse heap pages (speed; repro.tune_allocator)
     seed_everything(seed)
     device = get_device(prof.device)
     env = environment_report(device)

@@ -270,6 +270,7 @@ def fit(model: nn.Module, data, val=None, *, step: Step, epochs: int = 10,
                "lr": opt.param_groups[0]["lr"]}
         validated = val is not None and (epoch % val_every == 0 or epoch == epochs)
         if validated:
+            opt.zero_grad(set_to_none=True)      # no gradient buffers beside validation's activations (memory)
             row.update(step.validate(model, val, device, amp))
         row["time"] = round(time.perf_counter() - t0, 2)
         rows.append(row)

@@ -82,6 +82,28 @@ def test_the_segmentation_step_learns_a_bright_square_through_the_engine():
         steps.SegmentationStep().prepare({"images": data["images"]}, "cpu")
 
 
+def test_predict_volumes_chunk_by_chunk_equals_stacking_every_slice_map_at_once():
+    sl = ToySlices([f"c{i}" for i in range(3)], [1, 0, 1], 0)
+    order = torch.randperm(len(sl), generator=torch.Generator().manual_seed(1))   # slices out of case order
+    sl.images, sl.case_index, sl.slice_z = sl.images[order], sl.case_index[order], sl.slice_z[order]
+    torch.manual_seed(0)
+    model = models.ResNetUNet(models.resnet18_encoder(), 1, widths=(16, 8, 8, 8, 8)).eval()
+    whole = volumes.stack_slices(steps.predict_slices(model, sl.images, device="cpu"), sl.case_index,
+                                 sl.slice_z, 3, 4)
+    chunked = volumes.predict_volumes(model, sl, 4, device="cpu", chunk=5)     # 12 slices: 5 + 5 + 2
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["focal", "dice_ce"])
+def test_the_validation_loss_is_the_loss_over_the_whole_set(loss):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(150, 1, 8, 8, generator=g)
+    y = (torch.rand(150, 1, 8, 8, generator=g) > 0.9).to(torch.uint8)
+    step = steps.SegmentationStep(loss=loss)
+    whole = float(steps.segmentation_loss(loss)(logits, y.float()))     # one call over all 150 slices
+    assert step._loss_over(logits, y, chunk=64) == pytest.approx(whole, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------- arms
 def test_arm_plan_expands_all_and_aliases_and_rejects_unknown_budgets():
     methods = ("scratch", "genesis")
@@ -219,6 +241,37 @@ def test_run_detection_records_rows_scores_and_lesion_results(tmp_path):
     assert json.loads(path.read_text())["scores"] == "05_detection.scores.csv"
     t = experiment.main_table(ex.rows)
     assert list(t.n_seeds) == [1, 1]
+
+
+def test_run_detection_runs_the_largest_budget_first_yet_each_job_gives_what_it_gives_alone(monkeypatch):
+    from prostate_course.protocol import Arm, random_init
+    from prostate_course.results import Results
+
+    tr_ids, te_ids = [f"t{i}" for i in range(8)], [f"e{i}" for i in range(6)]
+    tr_lab, te_lab = [1, 0, 1, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0]
+    train, test = ToySlices(tr_ids, tr_lab, 0), ToySlices(te_ids, te_lab, 1)
+    table = pd.DataFrame({"case_id": tr_ids, "patient_id": [f"p{c}" for c in tr_ids], "split": "train",
+                          "case_csPCa": tr_lab})
+    ref = volumes.stack_slices(test.lesion_mask, test.case_index, test.slice_z, 6, 4).astype(np.uint8)
+    ran = []
+    make_budget = experiment.make_budget
+    monkeypatch.setattr(experiment, "make_budget", lambda t, f, *a, **k: ran.append(f) or make_budget(t, f, *a, **k))
+    kw = dict(table=table, seeds=[0], fit_kwargs={"epochs": 1, "batch_size": 8, "steps_per_epoch": 3, "lr": 3e-3},
+              widths=(32, 16, 16, 16, 8), candidates={"min_voxels": 4}, min_val_positives=5, n_boot=20,
+              device="cpu", progress=False)
+    arms = [Arm("scratch", random_init), Arm("genesis", random_init)]
+    res = Results("05_detection", "t", seeds=[0])
+    both = experiment.run_detection(arms, train, test, ref, plan={"scratch": [0.5, 1.0], "genesis": [0.5]},
+                                    results=res, **kw)
+    assert ran == [1.0, 0.5, 0.5]                              # scratch at 1.0 ran first ...
+    assert list(zip(both.rows.method, both.rows.label_fraction)) == [("scratch", 0.5), ("scratch", 1.0),
+                                                                     ("genesis", 0.5)]   # ... shown in plan order
+    assert [(r["method"], r["label_fraction"]) for r in res.rows] == list(zip(both.rows.method, both.rows.label_fraction))
+    alone = experiment.run_detection(arms[:1], train, test, ref, plan={"scratch": [0.5]}, **kw)
+    cols = ["auroc", "ap", "n_candidates", "best_epoch"]
+    pd.testing.assert_frame_equal(alone.rows[cols], both.rows[cols].iloc[:1])
+    assert list(both.scores.groupby(["method", "label_fraction"], sort=False).size().index) == \
+        [("scratch", 0.5), ("scratch", 1.0), ("genesis", 0.5)]
 
 
 # ------------------------------------------------------------------------ the readers

@@ -218,9 +218,11 @@ class PreparedDataset:
         return len(self.table)
 
     def cache(self) -> dict:
-        """The tensor cache (loaded once with ``weights_only=True``, then kept)."""
+        """The tensor cache (loaded once with ``weights_only=True``, then kept until
+        :meth:`release`). It is memory-mapped: only the pages a gather reads come into RAM, and
+        releasing it hands them all back (a loaded copy left ~0.2 GB of freed heap behind)."""
         if self._cache is None:
-            c = torch.load(self.root / "cache.pt", map_location="cpu", weights_only=True)
+            c = torch.load(self.root / "cache.pt", map_location="cpu", weights_only=True, mmap=True)
             if list(c["case_ids"]) != list(self.table["case_id"]):
                 raise ValueError(f"{self.root}: cache.pt and cases.csv list different cases; re-run prepare")
             self._index = {cid: i for i, cid in enumerate(c["case_ids"])}

@@ -191,9 +191,12 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
 
         def keep(method, frac, seed):
             return method == first and frac == top and seed == s0
-    budgets_seen, rows, scores, lesions = {}, [], [], []
-    histories, evaluations, probabilities = {}, {}, {}
-    bar = tqdm(jobs, desc="detection arms", disable=not progress)
+    budgets_seen, done, histories, evaluations, probabilities = {}, {}, {}, {}, {}
+    # the largest budgets first: the largest fit then meets the lowest memory baseline (no kept
+    # volumes yet); each job is seeded on its own, so the order changes no number
+    order = sorted(jobs, key=lambda j: -j[1])
+    release_memory()                             # what earlier notebook cells freed, handed back
+    bar = tqdm(order, desc="detection arms", disable=not progress)
     for arm, frac, seed in bar:
         bar.set_postfix_str(f"{arm.method} {frac:g} seed {seed}")
         b = budgets_seen.setdefault((frac, seed), make_budget(table, frac, seed, val_share=val_share,
@@ -231,20 +234,21 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
                "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0 - train_s, 1)}
         if arm.stand_in:
             row["stand_in"] = True
-        rows.append(row)
-        sc = score_rows(test.case_ids, test.patient_ids, test.case_label.cpu().numpy(), ev.scores, **arm_keys)
-        les = lesion_rows(ev, **arm_keys)
-        scores.append(sc)
-        lesions.append(les)
-        if results is not None:
+        done[key] = (row, score_rows(test.case_ids, test.patient_ids, test.case_label.cpu().numpy(),
+                                     ev.scores, **arm_keys), lesion_rows(ev, **arm_keys))
+        release_memory()
+    bar.close()
+    keys = [(a.method, f, s) for a, f, s in jobs]            # back in the plan's order
+    rows, scores, lesions = ([done[k][i] for k in keys] for i in range(3))
+    histories, evaluations = ({k: d[k] for k in keys} for d in (histories, evaluations))
+    if results is not None:
+        for row, sc, les in zip(rows, scores, lesions):
             results.add_row(**row)
             results.add_scores(sc)
             results.add_lesions(les)
-        release_memory()
-    bar.close()
     budgets = pd.DataFrame([{"label_fraction": b.fraction, "seed": b.seed, "n_fit_cases": len(b.fit_ids),
                              "n_val_cases": len(b.val_ids), "n_positive_patients": b.n_positive_patients,
-                             "rule": b.rule} for b in budgets_seen.values()])
+                             "rule": b.rule} for _, b in sorted(budgets_seen.items())])
     cat = (lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame())
     return DetectionExperiment(rows=pd.DataFrame(rows), scores=cat(scores), lesions=cat(lesions),
                                budgets=budgets, histories=histories, evaluations=evaluations,

@@ -83,7 +83,7 @@ class SegmentationStep(Step):
             raise ValueError(f"images {tuple(x.shape)} and lesion masks {tuple(y.shape)} do not match")
         n_pos = int((y.flatten(1).amax(1) > 0).sum())
         self._info = {"n_items": len(x), "n_lesion_slices": n_pos,
-                      "lesion_pixel_share": float(y.float().mean())}
+                      "lesion_pixel_share": float(y.sum()) / max(y.numel(), 1)}   # no float copy of the masks
         return {"images": to_device(x, device), "masks": to_device(y, device),
                 "device": torch.device(device)}
 
@@ -110,9 +110,7 @@ class SegmentationStep(Step):
     def validate(self, model, val, device, amp) -> dict:
         x, y = _images(val), _lesion_target(val)
         logits = forward_batches(model, model, x, device=device, amp=amp)
-        with torch.no_grad():
-            loss = float(self.criterion(logits.float(), y.to(logits.device).float()))
-        out = {"val_loss": loss}
+        out = {"val_loss": self._loss_over(logits, y.to(logits.device))}
         ci, cl = getattr(val, "case_index", None), getattr(val, "case_label", None)
         if ci is not None and cl is not None:
             top = torch.sigmoid(logits.float()).flatten(1).amax(1).cpu().numpy()
@@ -120,6 +118,19 @@ class SegmentationStep(Step):
             keep = ~np.isnan(cs)
             out["val_auroc_patient"] = auroc(to_numpy(cl)[keep] > 0, cs[keep])
         return out
+
+    @torch.no_grad()
+    def _loss_over(self, logits, y, chunk: int = 64) -> float:
+        """The loss over a whole validation set. Focal loss is a mean over pixels, so it is summed
+        ``chunk`` slices at a time (no set-sized temporaries; ~60 MB at 600 slices of 64 px);
+        the Dice losses pool every slice of the set in one term and take it at once."""
+        if self.loss_name != "focal":
+            return float(self.criterion(logits.float(), y.float()))
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)   # one host sync, at the end
+        for i in range(0, len(y), chunk):
+            yc = y[i:i + chunk].float()
+            total += self.criterion(logits[i:i + chunk].float(), yc).double() * yc.numel()
+        return float(total) / max(y.numel(), 1)
 
 
 def predict_slices(model, images, *, device=None, batch_size: int | None = None, amp="auto") -> torch.Tensor:

@@ -62,29 +62,6 @@ def _libc():
         return None
 
 
-def limit_allocator_growth(threshold: int = 32 * 1024 * 1024) -> bool:
-    """Fix glibc's mmap and trim thresholds at ``threshold`` bytes (Linux; a no-op elsewhere).
-
-    PyTorch's CPU tensors come from ``malloc``; glibc raises its mmap threshold each time a
-    large block is freed, after which activation-sized tensors come from a heap that fragments.
-    Pinning the threshold low trades speed for memory, and the trade is bad: training a
-    ResNet-18 (batch 16, 64 px, 2 cores) took 1.5x as long at 128 KB (every activation an
-    mmap/munmap: system time 3.8 -> 15 s) for 84 MB less peak, and no gain at 32 MB
-    (docs/PROTOCOL.md, "Memory"). The course therefore does not call it;
-    :func:`release_memory` after each arm returns freed heap pages instead. Returns whether
-    the setting was applied.
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1
-    return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, int(threshold)) == 1)
-
-
-#: glibc ``mallopt`` parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
 def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
     """Fix glibc malloc's two thresholds for tensor work; True where they were set (glibc).
 
@@ -95,7 +72,9 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 
     depends on what ran before: a fresh 05 fit took 7 million page faults and 11 s more system
     time than the same fit after a large load had raised the threshold. Fixed at 32 MiB (glibc's
     own ceiling) and a 256 MiB trim threshold, steps reuse the heap; :func:`release_memory`
-    still returns free memory at the points the course chooses (M. Kerrisk, ``man 3 mallopt``).
+    still returns free memory at the points the course chooses (``man 3 mallopt``). Pinning
+    both low instead (128 KiB: every activation an mmap) made training 1.5x slower for 84 MB
+    less peak (docs/PROTOCOL.md, "Memory").
     """
     libc = _libc()
     if libc is None:

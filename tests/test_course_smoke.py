@@ -18,9 +18,10 @@ from prostate_course.results import validate_results
 
 ROOT = Path(__file__).parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Per-notebook smoke budgets (s, the notebook's own wall_s): about 1.5x what a quiet 2-core
-# machine measured (README "Measured"). The design target is 45 s each; 01-04 are over it.
-SMOKE_BUDGET_S = {"00": 90, "01": 150, "02": 150, "03": 360, "04": 360, "05": 150, "06": 60}
+# Per-notebook ceilings (s, the notebook's own wall_s) that catch a notebook gone badly slow, not
+# the 45 s design target: that one is measured and written in the README ("Measured": 2-32 s per
+# notebook on 2 cores). Each ceiling is over 5x its measured time, for slower CI machines.
+SMOKE_BUDGET_S = {"00": 60, "01": 90, "02": 90, "03": 180, "04": 120, "05": 90, "06": 30}
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 

@@ -220,7 +220,7 @@ class PreparedDataset:
     def cache(self) -> dict:
         """The tensor cache (loaded once with ``weights_only=True``, then kept until
         :meth:`release`). It is memory-mapped: only the pages a gather reads come into RAM, and
-        releasing it hands them all back (a loaded copy left ~0.2 GB of freed heap behind)."""
+        releasing it unmaps them, leaving no freed heap behind (05's data cell: 1.11 -> 0.95 GB peak)."""
         if self._cache is None:
             c = torch.load(self.root / "cache.pt", map_location="cpu", weights_only=True, mmap=True)
             if list(c["case_ids"]) != list(self.table["case_id"]):

@@ -169,7 +169,8 @@ def run_detection(arms: Sequence[Arm], train, test, reference, *, table: pd.Data
     ``train`` / ``test``: SliceSets with lesion masks; ``reference``: the test cases' lesion
     volumes (n_test, D, H, W) in ``test.case_ids`` order. ``keep(method, fraction, seed)``
     says whose probability volumes to keep (default: the first arm's, at its largest budget
-    and first seed).
+    and first seed). Jobs train from the largest budget down (memory: the largest fit meets the
+    smallest process); everything returned and recorded is in the plan's order.
     """
     from tqdm.auto import tqdm
 

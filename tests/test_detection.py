@@ -205,16 +205,23 @@ class ToySlices:
         return out
 
 
-def test_run_detection_records_rows_scores_and_lesion_results(tmp_path):
-    from prostate_course.protocol import Arm, random_init
-    from prostate_course.results import Results, load_lesions, load_results
-
+def toy_detection_cohort():
+    """8 training and 6 test toy cases (half with a lesion), the training table and the test
+    cases' reference lesion volumes: what run_detection takes."""
     tr_ids, te_ids = [f"t{i}" for i in range(8)], [f"e{i}" for i in range(6)]
     tr_lab, te_lab = [1, 0, 1, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0]
     train, test = ToySlices(tr_ids, tr_lab, 0), ToySlices(te_ids, te_lab, 1)
     table = pd.DataFrame({"case_id": tr_ids, "patient_id": [f"p{c}" for c in tr_ids], "split": "train",
                           "case_csPCa": tr_lab})
     ref = volumes.stack_slices(test.lesion_mask, test.case_index, test.slice_z, 6, 4).astype(np.uint8)
+    return train, test, table, ref
+
+
+def test_run_detection_records_rows_scores_and_lesion_results(tmp_path):
+    from prostate_course.protocol import Arm, random_init
+    from prostate_course.results import Results, load_lesions, load_results
+
+    train, test, table, ref = toy_detection_cohort()
     arms = [Arm("scratch", random_init), Arm("genesis", None, unavailable="no checkpoint")]
     res = Results("05_detection", "t", seeds=[0])
     ex = experiment.run_detection(
@@ -247,12 +254,7 @@ def test_run_detection_runs_the_largest_budget_first_yet_each_job_gives_what_it_
     from prostate_course.protocol import Arm, random_init
     from prostate_course.results import Results
 
-    tr_ids, te_ids = [f"t{i}" for i in range(8)], [f"e{i}" for i in range(6)]
-    tr_lab, te_lab = [1, 0, 1, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0]
-    train, test = ToySlices(tr_ids, tr_lab, 0), ToySlices(te_ids, te_lab, 1)
-    table = pd.DataFrame({"case_id": tr_ids, "patient_id": [f"p{c}" for c in tr_ids], "split": "train",
-                          "case_csPCa": tr_lab})
-    ref = volumes.stack_slices(test.lesion_mask, test.case_index, test.slice_z, 6, 4).astype(np.uint8)
+    train, test, table, ref = toy_detection_cohort()
     ran = []
     make_budget = experiment.make_budget
     monkeypatch.setattr(experiment, "make_budget", lambda t, f, *a, **k: ran.append(f) or make_budget(t, f, *a, **k))
